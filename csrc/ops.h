@@ -1,0 +1,46 @@
+// Entry points of the fused operators, per device. Schemas are registered in
+// python/registration.cpp; the Python side is embrag_ext/ops.py.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace embrag {
+
+// ---- window_embed -----------------------------------------------------------
+// Validates the inputs of window_embed (shared by every device).
+void check_window_embed_inputs(const at::Tensor& tokens, const at::Tensor& pos_ids,
+                               const at::Tensor& af, const at::Tensor& type_ids,
+                               const at::Tensor& tok_table, const at::Tensor& pos_table,
+                               const at::Tensor& af_proj, const at::Tensor& type_table);
+
+// Table gradients from the two reductions every device computes:
+// grad_site [L, D] (grad_out summed over the batch) and feats [L, F].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> window_embed_site_table_grads(
+    const at::Tensor& grad_site, const at::Tensor& feats, const at::Tensor& pos_ids,
+    const at::Tensor& type_ids, int64_t n_pos, int64_t n_types);
+
+at::Tensor window_embed_cpu(const at::Tensor& tokens, const at::Tensor& pos_ids,
+                            const at::Tensor& af, const at::Tensor& type_ids,
+                            const at::Tensor& tok_table, const at::Tensor& pos_table,
+                            const at::Tensor& af_proj, const at::Tensor& type_table);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
+    const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
+    int64_t n_features,
+    int64_t n_types);
+
+#ifdef EMBRAG_WITH_CUDA
+at::Tensor window_embed_cuda(const at::Tensor& tokens, const at::Tensor& pos_ids,
+                             const at::Tensor& af, const at::Tensor& type_ids,
+                             const at::Tensor& tok_table, const at::Tensor& pos_table,
+                             const at::Tensor& af_proj, const at::Tensor& type_table);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
+    const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
+    int64_t n_features,
+    int64_t n_types);
+#endif
+
+}  // namespace embrag

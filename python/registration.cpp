@@ -1,0 +1,27 @@
+// Operator schemas (one place) and their CPU / CUDA implementations.
+// Autograd and fake (meta) kernels are registered from Python: embrag_ext/ops.py.
+#include <torch/library.h>
+
+#include "../csrc/ops.h"
+
+TORCH_LIBRARY(embrag, m) {
+  m.def(
+      "window_embed(Tensor tokens, Tensor pos_ids, Tensor af, Tensor type_ids, Tensor tok_table, "
+      "Tensor pos_table, Tensor af_proj, Tensor type_table) -> Tensor");
+  m.def(
+      "window_embed_backward(Tensor grad_out, Tensor tokens, Tensor pos_ids, Tensor af, "
+      "Tensor type_ids, int n_tokens, int n_pos, int n_features, int n_types) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(embrag, CPU, m) {
+  m.impl("window_embed", &embrag::window_embed_cpu);
+  m.impl("window_embed_backward", &embrag::window_embed_backward_cpu);
+}
+
+#ifdef EMBRAG_WITH_CUDA
+TORCH_LIBRARY_IMPL(embrag, CUDA, m) {
+  m.impl("window_embed", &embrag::window_embed_cuda);
+  m.impl("window_embed_backward", &embrag::window_embed_backward_cuda);
+}
+#endif
