@@ -15,11 +15,7 @@ void check_window_embed_inputs(const at::Tensor& tokens, const at::Tensor& pos_i
                                const at::Tensor& tok_table, const at::Tensor& pos_table,
                                const at::Tensor& af_proj, const at::Tensor& type_table);
 
-// Table gradients from the two reductions every device computes:
-// grad_site [L, D] (grad_out summed over the batch) and feats [L, F].
-std::tuple<at::Tensor, at::Tensor, at::Tensor> window_embed_site_table_grads(
-    const at::Tensor& grad_site, const at::Tensor& feats, const at::Tensor& pos_ids,
-    const at::Tensor& type_ids, int64_t n_pos, int64_t n_types);
+void check_window_embed_backward_inputs(const at::Tensor& grad_out, const at::Tensor& tokens);
 
 at::Tensor window_embed_cpu(const at::Tensor& tokens, const at::Tensor& pos_ids,
                             const at::Tensor& af, const at::Tensor& type_ids,

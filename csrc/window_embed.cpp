@@ -1,5 +1,4 @@
-// Device-independent parts of window_embed: input validation and the table
-// gradients that follow from the per-site gradient.
+// Device-independent part of window_embed: input validation.
 #include "checks.h"
 #include "ops.h"
 
@@ -43,14 +42,12 @@ void check_window_embed_inputs(const at::Tensor& tokens, const at::Tensor& pos_i
   check_index_range(type_ids, "type_ids", 0, type_table.size(0));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> window_embed_site_table_grads(
-    const at::Tensor& grad_site, const at::Tensor& feats, const at::Tensor& pos_ids,
-    const at::Tensor& type_ids, int64_t n_pos, int64_t n_types) {
-  const int64_t D = grad_site.size(1);
-  auto grad_pos = at::zeros({n_pos, D}, grad_site.options()).index_add_(0, pos_ids, grad_site);
-  auto grad_type = at::zeros({n_types, D}, grad_site.options()).index_add_(0, type_ids, grad_site);
-  auto grad_af_proj = feats.t().mm(grad_site);  // [F, L] @ [L, D] -> [F, D]
-  return {grad_pos, grad_af_proj, grad_type};
+void check_window_embed_backward_inputs(const at::Tensor& grad_out, const at::Tensor& tokens) {
+  check_dims(grad_out, "grad_out", 3);
+  TORCH_CHECK(grad_out.size(0) == tokens.size(0) && grad_out.size(1) == tokens.size(1),
+              "grad_out must be [B, L, D] with B, L of tokens ", tokens.sizes(), ", got ",
+              grad_out.sizes());
+  TORCH_CHECK(grad_out.device() == tokens.device(), "grad_out and tokens must be on one device");
 }
 
 }  // namespace embrag

@@ -10,22 +10,6 @@
 namespace embrag {
 namespace {
 
-// Fourier features of every site: [L, F].
-template <typename scalar_t>
-void fill_af_features(const scalar_t* af, int64_t L, int64_t F, scalar_t* feats) {
-  for (int64_t l = 0; l < L; ++l)
-    for (int64_t j = 0; j < F; ++j) feats[l * F + j] = af_fourier_feature(j, af[l]);
-}
-
-at::Tensor af_features_cpu(const at::Tensor& af, int64_t n_features) {
-  auto af_c = af.contiguous();
-  auto feats = at::empty({af.size(0), n_features}, af.options());
-  AT_DISPATCH_FLOATING_TYPES(af.scalar_type(), "af_features_cpu", [&] {
-    fill_af_features(af_c.data_ptr<scalar_t>(), af.size(0), n_features, feats.data_ptr<scalar_t>());
-  });
-  return feats;
-}
-
 template <typename scalar_t>
 void window_embed_forward_cpu_kernel(const WindowEmbedArgs<scalar_t>& a) {
   // 1. The site rows [L, D]: position + type + AF part, once per site.
@@ -78,6 +62,30 @@ void window_embed_backward_cpu_kernel(const WindowEmbedBackwardArgs<scalar_t>& a
     for (int64_t i = 0; i < a.V * a.D; ++i) a.grad_tok[i] += tok_partial[c * a.V * a.D + i];
 }
 
+// Table gradients from grad_site [L, D]: rows pos_ids[l] / type_ids[l] get
+// grad_site[l]; af_proj row j gets sum_l fourier_j(af[l]) * grad_site[l].
+// Plain loops: O(L * D * F), far below the batch reduction above.
+template <typename scalar_t>
+void site_table_grads_cpu_kernel(const scalar_t* grad_site, const int64_t* pos_ids,
+                                 const scalar_t* af, const int64_t* type_ids, int64_t L, int64_t D,
+                                 int64_t F, scalar_t* grad_pos, scalar_t* grad_af_proj,
+                                 scalar_t* grad_type) {
+  for (int64_t l = 0; l < L; ++l) {
+    const scalar_t* g = grad_site + l * D;
+    scalar_t* pos_row = grad_pos + pos_ids[l] * D;
+    scalar_t* type_row = grad_type + type_ids[l] * D;
+    for (int64_t d = 0; d < D; ++d) {
+      pos_row[d] += g[d];
+      type_row[d] += g[d];
+    }
+    for (int64_t j = 0; j < F; ++j) {
+      const scalar_t feat = af_fourier_feature(j, af[l]);
+      scalar_t* proj_row = grad_af_proj + j * D;
+      for (int64_t d = 0; d < D; ++d) proj_row[d] += feat * g[d];
+    }
+  }
+}
+
 }  // namespace
 
 at::Tensor window_embed_cpu(const at::Tensor& tokens, const at::Tensor& pos_ids,
@@ -105,17 +113,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward
     const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
     const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
     int64_t n_features, int64_t n_types) {
-  const auto grad_c = grad_out.contiguous(), tokens_c = tokens.contiguous();
+  check_window_embed_backward_inputs(grad_out, tokens);
+  const auto grad_c = grad_out.contiguous(), tokens_c = tokens.contiguous(),
+             pos_c = pos_ids.contiguous(), af_c = af.contiguous(), type_c = type_ids.contiguous();
   const int64_t B = tokens.size(0), L = tokens.size(1), D = grad_out.size(2);
-  auto grad_site = at::empty({L, D}, grad_out.options());
-  auto grad_tok = at::zeros({n_tokens, D}, grad_out.options());
+  const auto options = grad_out.options();
+  auto grad_site = at::empty({L, D}, options);
+  auto grad_tok = at::zeros({n_tokens, D}, options), grad_pos = at::zeros({n_pos, D}, options),
+       grad_af_proj = at::zeros({n_features, D}, options), grad_type = at::zeros({n_types, D}, options);
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "window_embed_backward_cpu", [&] {
     window_embed_backward_cpu_kernel<scalar_t>(
         {grad_c.data_ptr<scalar_t>(), tokens_c.data_ptr<int64_t>(), grad_site.data_ptr<scalar_t>(),
          grad_tok.data_ptr<scalar_t>(), B, L, D, n_tokens});
+    site_table_grads_cpu_kernel<scalar_t>(
+        grad_site.data_ptr<scalar_t>(), pos_c.data_ptr<int64_t>(), af_c.data_ptr<scalar_t>(),
+        type_c.data_ptr<int64_t>(), L, D, n_features, grad_pos.data_ptr<scalar_t>(),
+        grad_af_proj.data_ptr<scalar_t>(), grad_type.data_ptr<scalar_t>());
   });
-  auto [grad_pos, grad_af_proj, grad_type] = window_embed_site_table_grads(
-      grad_site, af_features_cpu(af, n_features), pos_ids, type_ids, n_pos, n_types);
   return {grad_tok, grad_pos, grad_af_proj, grad_type};
 }
 

@@ -18,6 +18,18 @@ void check_float32(const at::Tensor& t, const char* name) {
               " must be float32 on CUDA (float64 runs on the CPU), got ", t.scalar_type());
 }
 
+// Table gradients from grad_site [L, D] (grad_out summed over the batch) and
+// the AF features [L, F]: scatter into the position / type rows, and
+// feats^T @ grad_site for the AF projection.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> site_table_grads(
+    const at::Tensor& grad_site, const at::Tensor& feats, const at::Tensor& pos_ids,
+    const at::Tensor& type_ids, int64_t n_pos, int64_t n_types) {
+  const int64_t D = grad_site.size(1);
+  auto grad_pos = at::zeros({n_pos, D}, grad_site.options()).index_add_(0, pos_ids, grad_site);
+  auto grad_type = at::zeros({n_types, D}, grad_site.options()).index_add_(0, type_ids, grad_site);
+  return {grad_pos, feats.t().mm(grad_site), grad_type};
+}
+
 }  // namespace
 
 at::Tensor window_embed_cuda(const at::Tensor& tokens, const at::Tensor& pos_ids,
@@ -47,6 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward
     const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
     const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
     int64_t n_features, int64_t n_types) {
+  check_window_embed_backward_inputs(grad_out, tokens);
   check_float32(grad_out, "grad_out");
   const int64_t B = tokens.size(0), L = tokens.size(1), D = grad_out.size(2);
   TORCH_CHECK(window_embed_backward_smem_bytes(n_tokens, D) <= kMaxSharedBytes,
@@ -66,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward
   check_launch(launch_af_features(af_c.data_ptr<float>(), L, n_features, feats.data_ptr<float>(), stream),
                "window_embed AF feature kernel");
   auto [grad_pos, grad_af_proj, grad_type] =
-      window_embed_site_table_grads(grad_site, feats, pos_ids, type_ids, n_pos, n_types);
+      site_table_grads(grad_site, feats, pos_ids, type_ids, n_pos, n_types);
   return {grad_tok, grad_pos, grad_af_proj, grad_type};
 }
 
