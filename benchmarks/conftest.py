@@ -1,0 +1,28 @@
+"""Shared benchmark plumbing: timings by name, and ratio lines printed in the
+terminal summary (pytest captures a benchmark's own prints)."""
+import pytest
+
+_REPORT_LINES = []
+
+
+def report_line(text):
+    """Queue a line for the terminal summary ("embrag_ext benchmark ratios")."""
+    _REPORT_LINES.append(text)
+
+
+@pytest.fixture
+def ratio_report():
+    return report_line
+
+
+def median_seconds(benchmark):
+    """Median time of a finished pytest-benchmark run, or None (--benchmark-disable)."""
+    stats = getattr(benchmark, "stats", None)
+    return None if stats is None else stats.stats.median
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT_LINES:
+        terminalreporter.section("embrag_ext benchmark ratios")
+        for line in _REPORT_LINES:
+            terminalreporter.write_line(line)
