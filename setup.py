@@ -110,7 +110,7 @@ setup(
     packages=find_packages(include=["embrag_ext", "embrag_ext.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "faiss-cpu", "cyvcf2", "tqdm", "matplotlib", "msprime"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"], "ooa": ["stdpopsim"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},
 )

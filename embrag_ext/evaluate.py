@@ -1,0 +1,190 @@
+"""Compare imputed genotypes with the truth: ``python -m embrag_ext.evaluate``.
+
+    python -m embrag_ext.evaluate --truth T.vcf.gz --imputed I.vcf.gz \\
+        [--panel P.vcf.gz] [--typed G.vcf.gz] [--out-json F.json] [--plot F.png]
+
+Sites are matched by position, REF and ALT, samples by name. The MAF of a
+site comes from the panel (``--panel``) or, without one, from the truth
+samples (said in the report). Evaluated sites are the imputed ones: sites not
+in ``--typed`` (the target VCF given to the imputation), or else sites with
+the INFO/IMP flag, or else (no IMP in the header) all sites. Prints a table per
+MAF bin (metrics.py), writes the report as JSON (default: next to the imputed
+file, ``<name>.eval.json``) and, with ``--plot``, draws r2 by MAF bin.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from .errors import InputError, run_cli
+from .metrics import alt_f1, dosage_metrics
+from .panel import SiteKey, haplotype_columns, load_panel, site_keys, values_at_sites
+from .vcf_io import iter_records, open_vcf
+from .vcf_writer import OUTPUT_FORMATS, ImputedCalls, read_imputed
+
+def _typedsite_keys(path: str) -> Set[SiteKey]:
+    """(POS, REF, ALT) of the typed VCF's records, with REF/ALT also swapped."""
+    vcf = open_vcf(path)
+    keys = set()
+    for record in iter_records(vcf, path):
+        for alt in record.ALT:
+            keys.update({(record.POS, record.REF, alt), (record.POS, alt, record.REF)})
+    return keys
+
+
+def _matched_rows(truth: ImputedCalls, imputed: ImputedCalls, truth_path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Row indices (truth, imputed) int64 [M] of the sites present in both files."""
+    if truth.chrom != imputed.chrom:
+        raise InputError(f"{truth_path}: contig {truth.chrom} differs from the imputed file's {imputed.chrom}")
+    truth_row = {key: row for row, key in enumerate(site_keys(truth))}
+    pairs = [(truth_row[key], row) for row, key in enumerate(site_keys(imputed)) if key in truth_row]
+    if not pairs:
+        raise InputError(f"{truth_path}: no site in common with the imputed file (by position, REF and ALT)")
+    truth_rows, imputed_rows = np.array(pairs, dtype=np.int64).T
+    return truth_rows, imputed_rows
+
+
+def _matched_columns(truth: ImputedCalls, imputed: ImputedCalls, truth_path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Sample indices (truth, imputed) int64 [T] of the samples in both files."""
+    truth_index = {name: i for i, name in enumerate(truth.samples)}
+    pairs = [(truth_index[name], i) for i, name in enumerate(imputed.samples) if name in truth_index]
+    if not pairs:
+        raise InputError(f"{truth_path}: no sample in common with the imputed file")
+    truth_columns, imputed_columns = np.array(pairs, dtype=np.int64).T
+    return truth_columns, imputed_columns
+
+
+def _panel_af(panel_path: str, keys: List[SiteKey]) -> np.ndarray:
+    """ALT frequency float64 [len(keys)] from the panel; raises if a site is absent."""
+    panel = load_panel(panel_path)
+    return values_at_sites(dict(zip(site_keys(panel), panel.af.tolist())), keys, panel_path,
+                           "panel site (frequency)")
+
+
+def _imputed_site_mask(args, imputed: ImputedCalls, keys: List[SiteKey],
+                       imputed_rows: np.ndarray, notes: List[str]) -> np.ndarray:
+    if args.typed:
+        typed = _typedsite_keys(args.typed)
+        return np.array([key not in typed for key in keys], dtype=bool)
+    if imputed.imputed is not None:
+        return imputed.imputed[imputed_rows]
+    notes.append("no --typed file and no INFO/IMP in the imputed file: all sites evaluated")
+    return np.ones(len(keys), dtype=bool)
+
+
+def evaluate(args) -> Dict[str, object]:
+    """The report dict (JSON-able apart from nan) for parsed arguments."""
+    truth, imputed = read_imputed(args.truth), read_imputed(args.imputed)
+    truth_rows, imputed_rows = _matched_rows(truth, imputed, args.truth)
+    truth_columns, imputed_columns = _matched_columns(truth, imputed, args.truth)
+    keys = [site_keys(imputed)[row] for row in imputed_rows]
+    notes: List[str] = []
+    if len(imputed_columns) < len(imputed.samples):
+        notes.append(f"{len(imputed.samples) - len(imputed_columns)} imputed samples are not in the truth: skipped")
+    true_haps = truth.haplotypes[np.ix_(truth_rows, haplotype_columns(truth_columns))]    # [M, 2T]
+    pred_haps = imputed.haplotypes[np.ix_(imputed_rows, haplotype_columns(imputed_columns))]
+    true_gt = true_haps[:, 0::2].astype(np.int64) + true_haps[:, 1::2]                     # [M, T]
+    called_gt = pred_haps[:, 0::2].astype(np.int64) + pred_haps[:, 1::2]
+    dosage = imputed.dosage[np.ix_(imputed_rows, imputed_columns)]
+    if args.panel:
+        af, maf_source = _panel_af(args.panel, keys), "panel"
+    else:
+        af, maf_source = true_haps.mean(axis=1), "truth"
+        notes.append("no --panel: MAF computed from the truth samples")
+    site_mask = _imputed_site_mask(args, imputed, keys, imputed_rows, notes)
+    maf = np.minimum(af, 1 - af)
+    report = {"truth": args.truth, "imputed": args.imputed, "maf_source": maf_source,
+              "n_sites_matched": len(keys), "n_sites_evaluated": int(site_mask.sum()),
+              "n_samples": len(truth_columns), "notes": notes,
+              "dosage": dosage_metrics(true_gt, dosage, af, site_mask, called_gt)}
+    if truth.phased and imputed.phased:
+        report["alt_f1"] = alt_f1(true_haps, pred_haps, site_mask[:, None], maf[:, None])
+    else:
+        notes.append("truth or imputed genotypes unphased: per-haplotype ALT F1 not computed")
+    return report
+
+
+def _json_safe(value):
+    """nan -> None, recursively (JSON has no nan)."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def format_table(report: Dict[str, object]) -> str:
+    """The report as a plain-text table."""
+    lines = [f"{'MAF bin':<10}{'sites':>8}{'genotypes':>11}{'r2 (agg)':>10}{'r2 (site)':>11}"
+             f"{'concord':>9}{'NRD':>8}"]
+    rows = report["dosage"]["bins"] + [{"bin": "all", **report["dosage"]["all"]}]
+    for row in rows:
+        lines.append(f"{row['bin']:<10}{row['n_sites']:>8}{row['n_genotypes']:>11}"
+                     f"{row['aggregate_r2']:>10.4f}{row['mean_site_r2']:>11.4f}"
+                     f"{row['concordance']:>9.4f}{row['nrd']:>8.4f}")
+    for group, scores in report.get("alt_f1", {}).items():
+        lines.append(f"ALT allele ({group}): precision {scores['precision']:.4f} "
+                     f"recall {scores['recall']:.4f} F1 {scores['f1']:.4f}")
+    lines += [f"note: {note}" for note in report["notes"]]
+    lines.append(f"MAF from: {report['maf_source']}; sites evaluated: {report['n_sites_evaluated']} "
+                 f"of {report['n_sites_matched']}; samples: {report['n_samples']}")
+    return "\n".join(lines)
+
+
+def plot_r2(report: Dict[str, object], png_path: str) -> None:
+    """Bar chart of aggregate and mean per-site r2 by MAF bin."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = report["dosage"]["bins"]
+    x = np.arange(len(bins))
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.bar(x - 0.2, [b["aggregate_r2"] for b in bins], width=0.4, label="aggregate r2")
+    axes.bar(x + 0.2, [b["mean_site_r2"] for b in bins], width=0.4, label="mean per-site r2")
+    axes.set_xticks(x, [b["bin"] for b in bins])
+    axes.set_xlabel("MAF bin")
+    axes.set_ylabel("dosage r2")
+    axes.set_ylim(0, 1)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
+
+
+def default_json_path(imputed_path: str) -> str:
+    """``dir/name.eval.json`` for ``dir/name.vcf.gz`` (or .bcf, .vcf)."""
+    for extension in OUTPUT_FORMATS:
+        if imputed_path.endswith(extension):
+            return imputed_path[: -len(extension)] + ".eval.json"
+    return imputed_path + ".eval.json"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m embrag_ext.evaluate",
+                                     description="Imputation accuracy by MAF bin.")
+    parser.add_argument("--truth", required=True, help="VCF of the true genotypes")
+    parser.add_argument("--imputed", required=True, help="imputed VCF (DS used when present, else GT)")
+    parser.add_argument("--panel", help="reference panel VCF: MAF source (default: the truth)")
+    parser.add_argument("--typed", help="target VCF given to the imputation: its sites are not evaluated")
+    parser.add_argument("--out-json", help="report path (default: <imputed>.eval.json)")
+    parser.add_argument("--plot", help="PNG of r2 by MAF bin")
+    args = parser.parse_args(argv)
+    report = evaluate(args)
+    print(format_table(report))
+    json_path = args.out_json or default_json_path(args.imputed)
+    with open(json_path, "w") as handle:
+        json.dump(_json_safe(report), handle, indent=2)
+    if args.plot:
+        plot_r2(report, args.plot)
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main)

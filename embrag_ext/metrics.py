@@ -1,0 +1,165 @@
+"""Imputation accuracy metrics (pure numpy).
+
+Two families:
+- :func:`dosage_metrics`: per MAF bin (0-0.5%, 0.5-1%, 1-5%, 5-50%), dosage r2
+  (aggregate and mean per site), genotype concordance and non-reference
+  discordance, computed on genotypes (allele counts 0/1/2) of the sites chosen
+  by ``site_mask`` (usually the imputed, untyped sites);
+- :func:`alt_f1`: the seed's per-haplotype ALT-allele precision / recall / F1
+  on masked alleles, split rare / common at MAF 0.05.
+
+Undefined values (no data, zero variance, no positives) are ``nan``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+MAF_BINS = ((0.0, 0.005), (0.005, 0.01), (0.01, 0.05), (0.05, 0.5))
+RARE_MAF = 0.05
+
+
+def bin_label(low: float, high: float) -> str:
+    """'0.5-1%' for (0.005, 0.01)."""
+    return f"{low * 100:g}-{high * 100:g}%"
+
+
+def maf_bin_index(maf: np.ndarray) -> np.ndarray:
+    """Bin of each site, int64 [S]: bins are [low, high), the last one [0.05, 0.5]."""
+    inner_edges = [high for _, high in MAF_BINS[:-1]]
+    return np.digitize(np.asarray(maf, dtype=np.float64), inner_edges).astype(np.int64)
+
+
+def squared_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Squared Pearson correlation of two flat arrays; nan if either is constant or empty."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.size == 0:
+        return float("nan")
+    x, y = x - x.mean(), y - y.mean()
+    denominator = (x @ x) * (y @ y)
+    return float((x @ y) ** 2 / denominator) if denominator > 0 else float("nan")
+
+
+def per_site_r2(true_gt: np.ndarray, dosage: np.ndarray) -> np.ndarray:
+    """Squared correlation per site (row) float64 [S]; nan where truth or
+    dosage has zero variance across genotypes."""
+    truth = np.asarray(true_gt, dtype=np.float64)
+    dose = np.asarray(dosage, dtype=np.float64)
+    truth = truth - truth.mean(axis=1, keepdims=True)
+    dose = dose - dose.mean(axis=1, keepdims=True)
+    denominator = (truth ** 2).sum(axis=1) * (dose ** 2).sum(axis=1)
+    covariance = (truth * dose).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, covariance ** 2 / denominator, np.nan)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator > 0 else float("nan")
+
+
+def _group_metrics(true_gt: np.ndarray, dosage: np.ndarray, called_gt: np.ndarray,
+                   alt_is_major: np.ndarray) -> Dict[str, float]:
+    """Metrics over the genotypes of a group of sites (rows of [S, T] arrays)."""
+    flip = alt_is_major[:, None]
+    minor_truth = np.where(flip, 2 - true_gt, true_gt)
+    minor_dosage = np.where(flip, 2 - dosage, dosage)
+    site_r2 = per_site_r2(true_gt, dosage)
+    defined = ~np.isnan(site_r2)
+    matches = called_gt == true_gt
+    non_ref = (true_gt != 0) | (called_gt != 0)
+    return {
+        "n_sites": int(true_gt.shape[0]),
+        "n_genotypes": int(true_gt.size),
+        "aggregate_r2": squared_correlation(minor_truth, minor_dosage),
+        "mean_site_r2": float(site_r2[defined].mean()) if defined.any() else float("nan"),
+        "n_sites_r2_undefined": int((~defined).sum()),
+        "concordance": _ratio(matches.sum(), matches.size),
+        "nrd": _ratio((~matches & non_ref).sum(), non_ref.sum()),
+    }
+
+
+def dosage_metrics(true_gt: np.ndarray, dosage: np.ndarray, af: np.ndarray,
+                   site_mask: Optional[np.ndarray] = None,
+                   called_gt: Optional[np.ndarray] = None) -> Dict[str, object]:
+    """Dosage and genotype accuracy per MAF bin and over all selected sites.
+
+    true_gt: int [S, T] true ALT allele counts (0, 1, 2).
+    dosage: float [S, T] imputed ALT dosage (DS).
+    af: float [S] ALT allele frequency (from the panel); MAF = min(af, 1 - af).
+    site_mask: bool [S] sites to evaluate (e.g. the imputed sites); default all.
+    called_gt: int [S, T] imputed hard genotypes (GT allele sum); default
+        ``rint(dosage)``.
+
+    Per group of sites: ``aggregate_r2``, the squared correlation of dosage
+    with the true count over all genotypes of the group, counting the panel's
+    minor allele at each site (so that a prediction constant per site cannot
+    score from the differences between sites' frequencies);
+    ``mean_site_r2`` over sites whose truth and dosage both vary
+    (``n_sites_r2_undefined`` counts the others); ``concordance`` = fraction of
+    called genotypes equal to the truth; ``nrd`` (non-reference discordance) =
+    mismatches / genotypes where truth or call is not hom-REF.
+
+    Returns ``{"bins": [{"bin", "maf_low", "maf_high", metrics...}, ...], "all": {metrics...}}``.
+    """
+    true_gt = np.asarray(true_gt)
+    dosage = np.asarray(dosage, dtype=np.float64)
+    af = np.asarray(af, dtype=np.float64)
+    called_gt = np.rint(dosage).astype(np.int64) if called_gt is None else np.asarray(called_gt)
+    site_mask = np.ones(len(af), dtype=bool) if site_mask is None else np.asarray(site_mask, dtype=bool)
+    if not (true_gt.shape == dosage.shape == called_gt.shape and true_gt.shape[0] == len(af) == len(site_mask)):
+        raise ValueError(f"shapes differ: true_gt {true_gt.shape}, dosage {dosage.shape}, "
+                         f"called_gt {called_gt.shape}, af {af.shape}, site_mask {site_mask.shape}")
+    alt_is_major = af > 0.5
+    bins = maf_bin_index(np.minimum(af, 1 - af))
+    results = []
+    for index, (low, high) in enumerate(MAF_BINS):
+        rows = site_mask & (bins == index)
+        results.append({"bin": bin_label(low, high), "maf_low": low, "maf_high": high,
+                        **_group_metrics(true_gt[rows], dosage[rows], called_gt[rows], alt_is_major[rows])})
+    overall = _group_metrics(true_gt[site_mask], dosage[site_mask], called_gt[site_mask],
+                             alt_is_major[site_mask])
+    return {"bins": results, "all": overall}
+
+
+def _precision_recall_f1(truth: np.ndarray, predicted: np.ndarray) -> Dict[str, float]:
+    """ALT = positive; truth and predicted are flat bool arrays."""
+    true_positives = int((truth & predicted).sum())
+    precision = _ratio(true_positives, predicted.sum())
+    recall = _ratio(true_positives, truth.sum())
+    if true_positives:
+        f1 = 2 * precision * recall / (precision + recall)
+    else:  # no ALT right: 0 if there were ALT alleles to find or predicted, else undefined
+        f1 = 0.0 if truth.any() or predicted.any() else float("nan")
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "n_alt_true": int(truth.sum()), "n_alt_predicted": int(predicted.sum()),
+            "n_alleles": int(truth.size)}
+
+
+def alt_f1(true_haps: np.ndarray, pred_haps: np.ndarray, masked: np.ndarray, maf: np.ndarray,
+           rare_maf: float = RARE_MAF) -> Dict[str, Dict[str, float]]:
+    """The seed's per-haplotype ALT-allele precision, recall and F1 on masked alleles.
+
+    true_haps, pred_haps: 0/1 alleles of the same shape, e.g. [S, 2T] (sites x
+        haplotypes) or [N, L] (haplotypes x window sites).
+    masked: bool, broadcastable to that shape: the alleles that were hidden
+        from the model (only these are scored).
+    maf: float, broadcastable to that shape (numpy rules): for [N, L] pass
+        ``maf`` of shape [L]; for [S, 2T] pass ``maf[:, None]``.
+    Sites with MAF < ``rare_maf`` are "rare", the others "common".
+
+    Returns ``{"rare": {...}, "common": {...}}``, each with precision, recall,
+    f1 (nan when undefined; f1 = 0 when there are positives but none right),
+    n_alt_true, n_alt_predicted, n_alleles.
+    """
+    true_haps = np.asarray(true_haps)
+    pred_haps = np.asarray(pred_haps)
+    if true_haps.shape != pred_haps.shape:
+        raise ValueError(f"true_haps shape {true_haps.shape} != pred_haps shape {pred_haps.shape}")
+    masked = np.broadcast_to(np.asarray(masked, dtype=bool), true_haps.shape)
+    rare = np.broadcast_to(np.asarray(maf) < rare_maf, true_haps.shape)
+    results = {}
+    for name, group in (("rare", masked & rare), ("common", masked & ~rare)):
+        results[name] = _precision_recall_f1(true_haps[group] == 1, pred_haps[group] == 1)
+    return results

@@ -1,0 +1,228 @@
+"""Reading VCF/BCF records with cyvcf2, defensively.
+
+htslib (inside cyvcf2) prints its own messages to stderr and sometimes reads a
+corrupt file as if it simply ended. Every reader in the package therefore goes
+through this module, which:
+
+- checks the file before htslib sees it (exists, a VCF/BCF header, a complete
+  bgzip stream, unique sample names): :func:`open_vcf`;
+- silences htslib's stderr messages while reading: :func:`quiet_htslib`;
+- walks records in a region, checking they are sorted and not duplicated, and
+  turns read errors into one-line :class:`InputError`: :func:`iter_records`.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gzip
+import itertools
+import os
+import re
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, List, Optional
+
+import cyvcf2
+
+from .errors import InputError
+
+# The 28-byte empty block that ends every complete BGZF (bgzip / BCF) file.
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+GZIP_MAGIC = b"\x1f\x8b"
+BCF_MAGIC = b"BCF\x02"
+
+# cyvcf2 links htslib statically and exports its symbols.
+_HTSLIB = ctypes.CDLL(cyvcf2.cyvcf2.__file__)
+
+
+@contextlib.contextmanager
+def quiet_htslib():
+    """Silence htslib's messages to stderr (we report errors ourselves)."""
+    previous = _HTSLIB.hts_get_log_level()
+    _HTSLIB.hts_set_log_level(0)
+    try:
+        yield
+    finally:
+        _HTSLIB.hts_set_log_level(previous)
+
+
+def build_index(path: str, csi: bool) -> None:
+    """Write a .tbi (``csi=False``, bgzipped VCF) or .csi index next to ``path``."""
+    min_shift = 14 if csi else 0
+    with quiet_htslib():
+        status = _HTSLIB.bcf_index_build3(os.fsencode(path), None, min_shift, 1)
+    if status != 0:
+        raise OSError(f"{path}: htslib could not index the file (status {status})")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A 1-based, inclusive range on one contig; ``end=None`` means to its end."""
+    chrom: str
+    start: int = 1
+    end: Optional[int] = None
+
+    def contains(self, chrom: str, pos: int) -> bool:
+        return chrom == self.chrom and pos >= self.start and (self.end is None or pos <= self.end)
+
+    def __str__(self) -> str:
+        if self.start == 1 and self.end is None:
+            return self.chrom
+        return f"{self.chrom}:{self.start}-{'' if self.end is None else self.end}"
+
+
+_REGION_RE = re.compile(r"^(?P<chrom>[^:\s]+)(:(?P<start>[\d,]+)?(-(?P<end>[\d,]+)?)?)?$")
+
+
+def parse_region(text: str) -> Region:
+    """Parse ``chr``, ``chr:start-end``, ``chr:start-`` or ``chr:-end``."""
+    match = _REGION_RE.match(text.strip()) if text else None
+    if match is None:
+        raise InputError(f"region {text!r}: expected CHROM or CHROM:START-END")
+    start = int((match["start"] or "1").replace(",", ""))
+    end = int(match["end"].replace(",", "")) if match["end"] else None
+    if start < 1 or (end is not None and end < start):
+        raise InputError(f"region {text!r}: START must be >= 1 and END >= START")
+    return Region(match["chrom"], start, end)
+
+
+def _is_bgzf(head: bytes) -> bool:
+    """A gzip member whose extra field starts with the BGZF 'BC' subfield."""
+    return head[:4] == b"\x1f\x8b\x08\x04" and head[12:14] == b"BC"
+
+
+def _check_complete_bgzf(path: str) -> None:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - len(BGZF_EOF)))
+        tail = handle.read()
+    if tail != BGZF_EOF:
+        raise InputError(f"{path}: truncated bgzip file (no BGZF end-of-file block); "
+                         "the download or copy was cut short")
+
+
+def _header_text(path: str, head: bytes) -> str:
+    """The header text (## lines and the #CHROM line) of a VCF, VCF.gz or BCF."""
+    opener = gzip.open if head[:2] == GZIP_MAGIC else open
+    try:
+        with opener(path, "rb") as handle:
+            if handle.read(4) == BCF_MAGIC:
+                handle.read(1)  # minor version
+                (length,) = struct.unpack("<I", handle.read(4))
+                return handle.read(length).rstrip(b"\0").decode("utf-8", "replace")
+            handle.seek(0)
+            lines = []
+            for line in handle:
+                if not line.startswith(b"#"):
+                    break
+                lines.append(line.decode("utf-8", "replace"))
+            return "".join(lines)
+    except (OSError, EOFError, zlib.error, struct.error, UnicodeError) as error:
+        raise InputError(f"{path}: cannot read the header ({error})") from None
+
+
+def check_vcf_file(path: str) -> List[str]:
+    """Check ``path`` is a readable, complete VCF/BCF with unique sample names.
+
+    Returns the sample names. Raises :class:`InputError` otherwise.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    with open(path, "rb") as handle:
+        head = handle.read(18)
+    if _is_bgzf(head):
+        _check_complete_bgzf(path)
+    header = _header_text(path, head)
+    if not header.startswith("##fileformat=VCF"):
+        raise InputError(f"{path}: not a VCF/BCF file (the first line is not ##fileformat=VCF...)")
+    chrom_lines = [line for line in header.splitlines() if line.startswith("#CHROM")]
+    if not chrom_lines:
+        raise InputError(f"{path}: VCF header has no #CHROM line")
+    samples = chrom_lines[0].rstrip("\r\n").split("\t")[9:]
+    seen = set()
+    for name in samples:
+        if name in seen:
+            raise InputError(f"{path}: duplicate sample name {name!r} in the header")
+        seen.add(name)
+    return samples
+
+
+def open_vcf(path: str) -> cyvcf2.VCF:
+    """Check ``path`` (see :func:`check_vcf_file`) and open it with cyvcf2."""
+    path = os.fspath(path)
+    check_vcf_file(path)
+    try:
+        with quiet_htslib():
+            return cyvcf2.VCF(path, lazy=True)
+    except Exception as error:  # cyvcf2 raises bare Exception / OSError
+        raise InputError(f"{path}: htslib cannot read the file ({_one_line(error)})") from None
+
+
+def has_index(path: str) -> bool:
+    return any(os.path.exists(path + suffix) for suffix in (".tbi", ".csi"))
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _fetch(vcf: cyvcf2.VCF, path: str, region: Optional[Region]):
+    """Records of the region: an index query if there is an index, else all."""
+    if region is None or not has_index(path):
+        return vcf
+    query = region.chrom if region.end is None else f"{region.chrom}:{region.start}-{region.end}"
+    try:
+        records = iter(vcf(query))
+        with warnings.catch_warnings():  # cyvcf2 warns if the contig is not in the index
+            warnings.simplefilter("ignore")
+            first = next(records, None)
+    except Exception as error:
+        raise InputError(f"{path}: cannot query region {region} ({_one_line(error)})") from None
+    return records if first is None else itertools.chain([first], records)
+
+
+def iter_records(vcf: cyvcf2.VCF, path: str, region: Optional[Region] = None) -> Iterator:
+    """Yield the cyvcf2 records of ``vcf`` (inside ``region`` if given).
+
+    Checks that positions are sorted within a contig and that no record repeats
+    (same position, REF and ALT: records at one position with other alleles, as
+    a split multi-allelic site gives, are allowed). A read error (truncated or
+    corrupt file) becomes an :class:`InputError` naming the last good record.
+    """
+    last = None  # (chrom, pos) of the last record yielded
+    alleles_here = set()  # (REF, ALT...) of the records at position `last`
+    with quiet_htslib():
+        try:
+            for record in _fetch(vcf, path, region):
+                chrom, pos = record.CHROM, record.POS
+                if region is not None and not region.contains(chrom, pos):
+                    continue
+                alleles = (record.REF, *record.ALT)
+                if last is not None and chrom == last[0]:
+                    if pos < last[1]:
+                        raise InputError(f"{path}: record {chrom}:{pos} comes after {chrom}:{last[1]}: "
+                                         "positions are not sorted (sort with bcftools sort)")
+                    if pos == last[1] and alleles in alleles_here:
+                        raise InputError(f"{path}: duplicate record {chrom}:{pos} "
+                                         f"{record.REF}>{','.join(record.ALT)}")
+                if last != (chrom, pos):
+                    alleles_here = set()
+                last = (chrom, pos)
+                alleles_here.add(alleles)
+                yield record
+        except InputError:
+            raise
+        except Exception as error:
+            where = "the first record" if last is None else f"record {last[0]}:{last[1]}"
+            raise InputError(f"{path}: cannot read past {where}: file truncated or corrupt "
+                             f"({_one_line(error)})") from None
+
+
+def genotype_alleles(record, path: str):
+    """Allele indices int16 [N, 2] (-1 = missing) and phased flags bool [N]
+    of a record's diploid genotypes."""
+    genotypes = record.genotype.array()  # int16 [N, ploidy + 1]: alleles..., phased flag
+    if genotypes.shape[1] != 3:
+        raise InputError(f"{path}: record {record.CHROM}:{record.POS}: genotypes are not diploid")
+    return genotypes[:, :2], genotypes[:, 2] != 0
