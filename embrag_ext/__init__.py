@@ -6,16 +6,28 @@ Importing the package is light: the compiled extension loads with
 ``embrag_ext.ops`` (or ``build_info()``), so the data-layer modules work
 without it.
 """
+import os
 
 __version__ = "0.1.0"
+
+
+def load_extension():
+    """Import the compiled extension ``embrag_ext._C`` (registers torch.ops.embrag)."""
+    import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
+
+    try:
+        from . import _C
+    except ImportError as error:
+        here = os.path.dirname(os.path.abspath(__file__))
+        raise ImportError(
+            f"embrag_ext's compiled extension is missing from {here}: in a checkout, build it with "
+            "`pip install --no-build-isolation -e .`; after a regular `pip install .`, run Python "
+            f"from outside the source tree ({error})") from error
+    return _C
 
 
 def build_info() -> dict:
     """How the fused-operator extension was built: the torch version it was
     compiled against, whether CUDA kernels are compiled and for which
     architectures, and the compiler versions."""
-    import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
-
-    from . import _C
-
-    return dict(_C.build_info())
+    return dict(load_extension().build_info())
