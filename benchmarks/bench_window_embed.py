@@ -9,7 +9,7 @@ Speed is reported, never asserted.
 import pytest
 import torch
 
-from conftest import median_seconds
+from conftest import PASSES, median_seconds
 from embrag_ext import ops
 from embrag_ext.reference import window_embed_reference
 
@@ -28,24 +28,12 @@ def make_inputs():
     return [tokens, pos_ids, af, type_ids, *tables]
 
 
-def forward(fn, inputs):
-    with torch.no_grad():
-        return fn(*inputs)
-
-
-def forward_backward(fn, inputs):
-    out = fn(*inputs)
-    out.backward(torch.ones_like(out))
-    return out
-
-
 def bytes_moved(which):
     """Least traffic of the op: tokens and output (and the gradient back)."""
     out_bytes, token_bytes = B * L * D * 4, B * L * 8
     return token_bytes + out_bytes if which == "forward" else 2 * (token_bytes + out_bytes)
 
 
-PASSES = {"forward": forward, "forward+backward": forward_backward}
 IMPLS = {"fused": ops.window_embed, "eager": window_embed_reference}
 
 

@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: timings by name, and ratio lines printed in the
 terminal summary (pytest captures a benchmark's own prints)."""
 import pytest
+import torch
 
 _REPORT_LINES = []
 
@@ -19,6 +20,22 @@ def median_seconds(benchmark):
     """Median time of a finished pytest-benchmark run, or None (--benchmark-disable)."""
     stats = getattr(benchmark, "stats", None)
     return None if stats is None else stats.stats.median
+
+
+def forward(fn, inputs):
+    """One forward call of fn(*inputs), without autograd."""
+    with torch.no_grad():
+        return fn(*inputs)
+
+
+def forward_backward(fn, inputs):
+    """fn(*inputs) and its backward with a gradient of ones."""
+    out = fn(*inputs)
+    out.backward(torch.ones_like(out))
+    return out
+
+
+PASSES = {"forward": forward, "forward+backward": forward_backward}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -39,4 +39,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward
     int64_t n_types);
 #endif
 
+// ---- rag_fusion -------------------------------------------------------------
+// Attention of every query site over its K retrieved neighbours, keys and
+// values rebuilt from the neighbours' tokens (csrc/kernels/rag_fusion.h).
+
+// Gradients of q, tok_k, tok_v, site_k, site_v, dist, beta, alpha.
+using RagFusionGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                      at::Tensor, at::Tensor, at::Tensor>;
+
+#define EMBRAG_RAG_FUSION_DECLARE(device)                                                        \
+  at::Tensor rag_fusion_##device(                                                              \
+      const at::Tensor& q, const at::Tensor& topk, const at::Tensor& ref_tokens,               \
+      const at::Tensor& tok_k, const at::Tensor& tok_v, const at::Tensor& site_k,              \
+      const at::Tensor& site_v, const at::Tensor& dist, const at::Tensor& beta,                \
+      const at::Tensor& q_tokens, const at::Tensor& observed, const at::Tensor& alpha,         \
+      int64_t n_heads, int64_t half_width);                                                    \
+  RagFusionGradients rag_fusion_backward_##device(                                             \
+      const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& topk,                 \
+      const at::Tensor& ref_tokens, const at::Tensor& tok_k, const at::Tensor& tok_v,          \
+      const at::Tensor& dist, const at::Tensor& beta, const at::Tensor& q_tokens,              \
+      const at::Tensor& observed, const at::Tensor& alpha, int64_t n_heads, int64_t half_width);
+
+EMBRAG_RAG_FUSION_DECLARE(cpu)
+#ifdef EMBRAG_WITH_CUDA
+EMBRAG_RAG_FUSION_DECLARE(cuda)
+#endif
+#undef EMBRAG_RAG_FUSION_DECLARE
+
 }  // namespace embrag

@@ -7,7 +7,9 @@ plain PyTorch versions the tests compare against.
 """
 import torch
 
-from . import _C  # noqa: F401  (loading the extension registers torch.ops.embrag)
+from . import load_extension
+
+load_extension()  # registers the kernels as torch.ops.embrag.*
 
 # ---- window_embed -----------------------------------------------------------
 
@@ -56,3 +58,66 @@ def _window_embed_backward(ctx, grad_out):
 
 torch.library.register_autograd(
     "embrag::window_embed", _window_embed_backward, setup_context=_window_embed_setup_context)
+
+
+# ---- rag_fusion -------------------------------------------------------------
+
+
+def rag_fusion(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist, beta, q_tokens, observed,
+               alpha, n_heads, half_width):
+    """Fuse the K retrieved reference haplotypes into the queries by attention.
+
+    q [B, L, D] projected queries (n_heads slices of D / n_heads); topk [B, K]
+    int64 rows of ref_tokens, -1 = no neighbour; ref_tokens [H, L] uint8 (a
+    slice [:, start:end] of a contiguous panel array is fine); tok_k, tok_v
+    [V, D] projected token tables; site_k, site_v [L, D] projected site rows;
+    dist [B, K] retrieval distances; beta, alpha [n_heads] learnable scales;
+    q_tokens [B, L] int64 and observed [B, L] bool for the local agreement
+    over sites l - half_width .. l + half_width. Per (b, l, head h):
+      score_k = q . (tok_k[t_k] + site_k[l]) / sqrt(d_head) + beta[h] dist[b, k]
+                + alpha[h] agree(b, k, l),   t_k = ref_tokens[topk[b, k], l]
+      out = sum_k softmax(score)_k (tok_v[t_k] + site_v[l])   (0 with no neighbour)
+    Returns [B, L, D]. float32/float64 on the CPU, float32/bfloat16 on CUDA.
+    """
+    return torch.ops.embrag.rag_fusion(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist,
+                                       beta, q_tokens, observed, alpha, n_heads, half_width)
+
+
+@torch.library.register_fake("embrag::rag_fusion")
+def _rag_fusion_fake(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist, beta, q_tokens,
+                     observed, alpha, n_heads, half_width):
+    torch._check(q.dim() == 3, lambda: "q must be 3-D [B, L, D]")
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("embrag::rag_fusion_backward")
+def _rag_fusion_backward_fake(grad_out, q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens,
+                              observed, alpha, n_heads, half_width):
+    L, D = q.shape[1], q.shape[2]
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            tok_k.new_empty(tok_k.shape), tok_v.new_empty(tok_v.shape),
+            q.new_empty((L, D)), q.new_empty((L, D)), dist.new_empty(dist.shape),
+            beta.new_empty(beta.shape), alpha.new_empty(alpha.shape))
+
+
+def _rag_fusion_setup_context(ctx, inputs, output):
+    (q, topk, ref_tokens, tok_k, tok_v, _site_k, _site_v, dist, beta, q_tokens, observed, alpha,
+     n_heads, half_width) = inputs
+    # The backward recomputes the softmax: it saves inputs only (no [B, L, K] state).
+    ctx.save_for_backward(q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens, observed, alpha)
+    ctx.n_heads, ctx.half_width = n_heads, half_width
+
+
+def _rag_fusion_backward(ctx, grad_out):
+    q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens, observed, alpha = ctx.saved_tensors
+    (grad_q, grad_tok_k, grad_tok_v, grad_site_k, grad_site_v, grad_dist, grad_beta,
+     grad_alpha) = torch.ops.embrag.rag_fusion_backward(
+        grad_out, q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens, observed, alpha,
+        ctx.n_heads, ctx.half_width)
+    # No gradient for the indices, tokens, mask, n_heads and half_width.
+    return (grad_q, None, None, grad_tok_k, grad_tok_v, grad_site_k, grad_site_v, grad_dist,
+            grad_beta, None, None, grad_alpha, None, None)
+
+
+torch.library.register_autograd(
+    "embrag::rag_fusion", _rag_fusion_backward, setup_context=_rag_fusion_setup_context)

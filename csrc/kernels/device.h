@@ -10,6 +10,10 @@
 #include <cstdint>
 
 #if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#endif
+
+#if defined(__CUDACC__)
 #define EMBRAG_HD __host__ __device__ __forceinline__
 #define EMBRAG_DEVICE __device__ __forceinline__
 #else
@@ -32,6 +36,23 @@ struct CudaCtx {
   template <typename T>
   EMBRAG_DEVICE void atomic_add(T* address, T value) const { atomicAdd(address, value); }
 };
+#endif
+
+// Element conversion: a plain cast, except bfloat16 under nvcc, which needs
+// the intrinsics (torch builds define __CUDA_NO_BFLOAT16_CONVERSIONS__).
+template <typename To, typename From>
+EMBRAG_HD To convert(From x) {
+  return To(x);
+}
+#if defined(__CUDACC__)
+template <>
+EMBRAG_HD float convert<float, __nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <>
+EMBRAG_HD __nv_bfloat16 convert<__nv_bfloat16, float>(float x) {
+  return __float2bfloat16(x);
+}
 #endif
 
 // Ceil-divide for grid sizes.
