@@ -9,35 +9,27 @@
 namespace embrag {
 
 // ---- window_embed -----------------------------------------------------------
-// Validates the inputs of window_embed (shared by every device).
-void check_window_embed_inputs(const at::Tensor& tokens, const at::Tensor& pos_ids,
-                               const at::Tensor& af, const at::Tensor& type_ids,
-                               const at::Tensor& tok_table, const at::Tensor& pos_table,
-                               const at::Tensor& af_proj, const at::Tensor& type_table);
+// Token + position + AF-Fourier + variant-type embedding in one pass
+// (csrc/kernels/window_embed.h).
 
-void check_window_embed_backward_inputs(const at::Tensor& grad_out, const at::Tensor& tokens);
+// Gradients of tok_table, pos_table, af_proj, type_table.
+using WindowEmbedGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-at::Tensor window_embed_cpu(const at::Tensor& tokens, const at::Tensor& pos_ids,
-                            const at::Tensor& af, const at::Tensor& type_ids,
-                            const at::Tensor& tok_table, const at::Tensor& pos_table,
-                            const at::Tensor& af_proj, const at::Tensor& type_table);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
-    const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
-    int64_t n_features,
-    int64_t n_types);
+#define EMBRAG_WINDOW_EMBED_DECLARE(device)                                                      \
+  at::Tensor window_embed_##device(                                                            \
+      const at::Tensor& tokens, const at::Tensor& pos_ids, const at::Tensor& af,               \
+      const at::Tensor& type_ids, const at::Tensor& tok_table, const at::Tensor& pos_table,    \
+      const at::Tensor& af_proj, const at::Tensor& type_table);                                \
+  WindowEmbedGradients window_embed_backward_##device(                                         \
+      const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,         \
+      const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,       \
+      int64_t n_features, int64_t n_types);
 
+EMBRAG_WINDOW_EMBED_DECLARE(cpu)
 #ifdef EMBRAG_WITH_CUDA
-at::Tensor window_embed_cuda(const at::Tensor& tokens, const at::Tensor& pos_ids,
-                             const at::Tensor& af, const at::Tensor& type_ids,
-                             const at::Tensor& tok_table, const at::Tensor& pos_table,
-                             const at::Tensor& af_proj, const at::Tensor& type_table);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
-    const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
-    int64_t n_features,
-    int64_t n_types);
+EMBRAG_WINDOW_EMBED_DECLARE(cuda)
 #endif
+#undef EMBRAG_WINDOW_EMBED_DECLARE
 
 // ---- rag_fusion -------------------------------------------------------------
 // Attention of every query site over its K retrieved neighbours, keys and

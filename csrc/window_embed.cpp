@@ -1,13 +1,13 @@
 // Device-independent part of window_embed: input validation.
 #include "checks.h"
-#include "ops.h"
+#include "window_embed_tensors.h"
 
 namespace embrag {
 
-void check_window_embed_inputs(const at::Tensor& tokens, const at::Tensor& pos_ids,
-                               const at::Tensor& af, const at::Tensor& type_ids,
-                               const at::Tensor& tok_table, const at::Tensor& pos_table,
-                               const at::Tensor& af_proj, const at::Tensor& type_table) {
+WindowEmbedTensors prepare_window_embed(const at::Tensor& tokens, const at::Tensor& pos_ids,
+                                        const at::Tensor& af, const at::Tensor& type_ids,
+                                        const at::Tensor& tok_table, const at::Tensor& pos_table,
+                                        const at::Tensor& af_proj, const at::Tensor& type_table) {
   check_dims(tokens, "tokens", 2);
   check_dtype(tokens, "tokens", at::kLong);
   const int64_t L = tokens.size(1);
@@ -40,14 +40,20 @@ void check_window_embed_inputs(const at::Tensor& tokens, const at::Tensor& pos_i
   check_index_range(tokens, "tokens", 0, tok_table.size(0));
   check_index_range(pos_ids, "pos_ids", 0, pos_table.size(0));
   check_index_range(type_ids, "type_ids", 0, type_table.size(0));
+  return {tokens.contiguous(),    pos_ids.contiguous(),   af.contiguous(),
+          type_ids.contiguous(),  tok_table.contiguous(), pos_table.contiguous(),
+          af_proj.contiguous(),   type_table.contiguous()};
 }
 
-void check_window_embed_backward_inputs(const at::Tensor& grad_out, const at::Tensor& tokens) {
+WindowEmbedTensors prepare_window_embed_backward(const at::Tensor& grad_out, const at::Tensor& tokens,
+                                                 const at::Tensor& pos_ids, const at::Tensor& af,
+                                                 const at::Tensor& type_ids) {
   check_dims(grad_out, "grad_out", 3);
   TORCH_CHECK(grad_out.size(0) == tokens.size(0) && grad_out.size(1) == tokens.size(1),
               "grad_out must be [B, L, D] with B, L of tokens ", tokens.sizes(), ", got ",
               grad_out.sizes());
   TORCH_CHECK(grad_out.device() == tokens.device(), "grad_out and tokens must be on one device");
+  return {tokens.contiguous(), pos_ids.contiguous(), af.contiguous(), type_ids.contiguous()};
 }
 
 }  // namespace embrag

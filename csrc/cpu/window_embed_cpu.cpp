@@ -4,8 +4,8 @@
 
 #include <algorithm>
 
-#include "../kernels/window_embed.h"
 #include "../ops.h"
+#include "../window_embed_tensors.h"
 
 namespace embrag {
 namespace {
@@ -92,42 +92,31 @@ at::Tensor window_embed_cpu(const at::Tensor& tokens, const at::Tensor& pos_ids,
                             const at::Tensor& af, const at::Tensor& type_ids,
                             const at::Tensor& tok_table, const at::Tensor& pos_table,
                             const at::Tensor& af_proj, const at::Tensor& type_table) {
-  check_window_embed_inputs(tokens, pos_ids, af, type_ids, tok_table, pos_table, af_proj, type_table);
-  const auto tokens_c = tokens.contiguous(), pos_c = pos_ids.contiguous(), af_c = af.contiguous(),
-             type_c = type_ids.contiguous(), tok_c = tok_table.contiguous(),
-             pos_t = pos_table.contiguous(), proj_c = af_proj.contiguous(),
-             type_t = type_table.contiguous();
-  const int64_t B = tokens.size(0), L = tokens.size(1), D = tok_table.size(1);
-  auto out = at::empty({B, L, D}, tok_table.options());
+  const auto t = prepare_window_embed(tokens, pos_ids, af, type_ids, tok_table, pos_table, af_proj,
+                                      type_table);
+  auto out = at::empty({t.B(), t.L(), tok_table.size(1)}, tok_table.options());
   AT_DISPATCH_FLOATING_TYPES(tok_table.scalar_type(), "window_embed_cpu", [&] {
-    window_embed_forward_cpu_kernel<scalar_t>(
-        {tokens_c.data_ptr<int64_t>(), pos_c.data_ptr<int64_t>(), af_c.data_ptr<scalar_t>(),
-         type_c.data_ptr<int64_t>(), tok_c.data_ptr<scalar_t>(), pos_t.data_ptr<scalar_t>(),
-         proj_c.data_ptr<scalar_t>(), type_t.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, L,
-         D, af_proj.size(0)});
+    window_embed_forward_cpu_kernel(t.forward_args<scalar_t>(out));
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
-    const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
-    int64_t n_features, int64_t n_types) {
-  check_window_embed_backward_inputs(grad_out, tokens);
-  const auto grad_c = grad_out.contiguous(), tokens_c = tokens.contiguous(),
-             pos_c = pos_ids.contiguous(), af_c = af.contiguous(), type_c = type_ids.contiguous();
-  const int64_t B = tokens.size(0), L = tokens.size(1), D = grad_out.size(2);
+WindowEmbedGradients window_embed_backward_cpu(const at::Tensor& grad_out, const at::Tensor& tokens,
+                                               const at::Tensor& pos_ids, const at::Tensor& af,
+                                               const at::Tensor& type_ids, int64_t n_tokens,
+                                               int64_t n_pos, int64_t n_features, int64_t n_types) {
+  const auto t = prepare_window_embed_backward(grad_out, tokens, pos_ids, af, type_ids);
+  const auto grad_c = grad_out.contiguous();
+  const int64_t D = grad_out.size(2);
   const auto options = grad_out.options();
-  auto grad_site = at::empty({L, D}, options);
+  auto grad_site = at::empty({t.L(), D}, options);
   auto grad_tok = at::zeros({n_tokens, D}, options), grad_pos = at::zeros({n_pos, D}, options),
        grad_af_proj = at::zeros({n_features, D}, options), grad_type = at::zeros({n_types, D}, options);
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "window_embed_backward_cpu", [&] {
-    window_embed_backward_cpu_kernel<scalar_t>(
-        {grad_c.data_ptr<scalar_t>(), tokens_c.data_ptr<int64_t>(), grad_site.data_ptr<scalar_t>(),
-         grad_tok.data_ptr<scalar_t>(), B, L, D, n_tokens});
+    window_embed_backward_cpu_kernel(t.backward_args<scalar_t>(grad_c, grad_site, grad_tok));
     site_table_grads_cpu_kernel<scalar_t>(
-        grad_site.data_ptr<scalar_t>(), pos_c.data_ptr<int64_t>(), af_c.data_ptr<scalar_t>(),
-        type_c.data_ptr<int64_t>(), L, D, n_features, grad_pos.data_ptr<scalar_t>(),
+        grad_site.data_ptr<scalar_t>(), t.pos_ids.data_ptr<int64_t>(), t.af.data_ptr<scalar_t>(),
+        t.type_ids.data_ptr<int64_t>(), t.L(), D, n_features, grad_pos.data_ptr<scalar_t>(),
         grad_af_proj.data_ptr<scalar_t>(), grad_type.data_ptr<scalar_t>());
   });
   return {grad_tok, grad_pos, grad_af_proj, grad_type};

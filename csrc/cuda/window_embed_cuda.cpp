@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "../ops.h"
+#include "../window_embed_tensors.h"
 #include "window_embed_launch.h"
 
 namespace embrag {
@@ -36,50 +37,39 @@ at::Tensor window_embed_cuda(const at::Tensor& tokens, const at::Tensor& pos_ids
                              const at::Tensor& af, const at::Tensor& type_ids,
                              const at::Tensor& tok_table, const at::Tensor& pos_table,
                              const at::Tensor& af_proj, const at::Tensor& type_table) {
-  check_window_embed_inputs(tokens, pos_ids, af, type_ids, tok_table, pos_table, af_proj, type_table);
+  const auto t = prepare_window_embed(tokens, pos_ids, af, type_ids, tok_table, pos_table, af_proj,
+                                      type_table);
   check_float32(tok_table, "tok_table");
   const c10::cuda::CUDAGuard guard(tokens.device());
-  const auto tokens_c = tokens.contiguous(), pos_c = pos_ids.contiguous(), af_c = af.contiguous(),
-             type_c = type_ids.contiguous(), tok_c = tok_table.contiguous(),
-             pos_t = pos_table.contiguous(), proj_c = af_proj.contiguous(),
-             type_t = type_table.contiguous();
-  const int64_t B = tokens.size(0), L = tokens.size(1), D = tok_table.size(1);
-  auto out = at::empty({B, L, D}, tok_table.options());
-  check_launch(launch_window_embed_forward(
-                   {tokens_c.data_ptr<int64_t>(), pos_c.data_ptr<int64_t>(), af_c.data_ptr<float>(),
-                    type_c.data_ptr<int64_t>(), tok_c.data_ptr<float>(), pos_t.data_ptr<float>(),
-                    proj_c.data_ptr<float>(), type_t.data_ptr<float>(), out.data_ptr<float>(), B, L,
-                    D, af_proj.size(0)},
-                   c10::cuda::getCurrentCUDAStream()),
+  auto out = at::empty({t.B(), t.L(), tok_table.size(1)}, tok_table.options());
+  check_launch(launch_window_embed_forward(t.forward_args<float>(out), c10::cuda::getCurrentCUDAStream()),
                "window_embed forward kernel");
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_embed_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& pos_ids,
-    const at::Tensor& af, const at::Tensor& type_ids, int64_t n_tokens, int64_t n_pos,
-    int64_t n_features, int64_t n_types) {
-  check_window_embed_backward_inputs(grad_out, tokens);
+WindowEmbedGradients window_embed_backward_cuda(const at::Tensor& grad_out, const at::Tensor& tokens,
+                                                const at::Tensor& pos_ids, const at::Tensor& af,
+                                                const at::Tensor& type_ids, int64_t n_tokens,
+                                                int64_t n_pos, int64_t n_features, int64_t n_types) {
+  const auto t = prepare_window_embed_backward(grad_out, tokens, pos_ids, af, type_ids);
   check_float32(grad_out, "grad_out");
-  const int64_t B = tokens.size(0), L = tokens.size(1), D = grad_out.size(2);
+  const int64_t D = grad_out.size(2);
   TORCH_CHECK(window_embed_backward_smem_bytes(n_tokens, D) <= kMaxSharedBytes,
               "window_embed on CUDA supports n_tokens * D <= ", kMaxSharedBytes / sizeof(float),
               ", got ", n_tokens, " * ", D);
   const c10::cuda::CUDAGuard guard(grad_out.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const auto grad_c = grad_out.contiguous(), tokens_c = tokens.contiguous(), af_c = af.contiguous();
-  auto grad_site = at::empty({L, D}, grad_out.options());
+  const auto grad_c = grad_out.contiguous();
+  auto grad_site = at::empty({t.L(), D}, grad_out.options());
   auto grad_tok = at::zeros({n_tokens, D}, grad_out.options());
-  auto feats = at::empty({L, n_features}, grad_out.options());
-  check_launch(launch_window_embed_backward({grad_c.data_ptr<float>(), tokens_c.data_ptr<int64_t>(),
-                                             grad_site.data_ptr<float>(),
-                                             grad_tok.data_ptr<float>(), B, L, D, n_tokens},
-                                            stream),
+  auto feats = at::empty({t.L(), n_features}, grad_out.options());
+  check_launch(launch_window_embed_backward(t.backward_args<float>(grad_c, grad_site, grad_tok), stream),
                "window_embed backward kernel");
-  check_launch(launch_af_features(af_c.data_ptr<float>(), L, n_features, feats.data_ptr<float>(), stream),
+  check_launch(launch_af_features(t.af.data_ptr<float>(), t.L(), n_features, feats.data_ptr<float>(),
+                                  stream),
                "window_embed AF feature kernel");
   auto [grad_pos, grad_af_proj, grad_type] =
-      site_table_grads(grad_site, feats, pos_ids, type_ids, n_pos, n_types);
+      site_table_grads(grad_site, feats, t.pos_ids, t.type_ids, n_pos, n_types);
   return {grad_tok, grad_pos, grad_af_proj, grad_type};
 }
 
