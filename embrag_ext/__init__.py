@@ -10,6 +10,11 @@ import os
 
 __version__ = "0.1.0"
 
+# Idle OpenMP threads sleep instead of spinning (takes effect only if torch has
+# not loaded yet; set OMP_WAIT_POLICY yourself to override). On a CPU shared
+# with other jobs, spinning threads made a training step ~10x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def load_extension():
     """Import the compiled extension ``embrag_ext._C`` (registers torch.ops.embrag)."""

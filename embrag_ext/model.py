@@ -1,0 +1,217 @@
+"""The imputation model: embedding -> retrieval fusion -> transformer -> heads.
+
+Per haplotype of a window (L sites, width D):
+    h = window_embed(tokens, sites)                                   [N, L, D]
+    h = h + gate * out(fusion(h, retrieved neighbours))               (modes token, embedding)
+    h = transformer blocks(h)                                         (run once)
+    P(ALT) per haplotype = hap_head(h1), hap_head(h2);  genotype = gt_head([h1, h2])
+
+Three modes (seed names in brackets):
+- ``none`` [V13]: no retrieval;
+- ``token`` [V17]: the K retrieved reference haplotypes are re-encoded through
+  the embedding and the transformer blocks every batch, then fused by a
+  per-site cross-attention over the K (plain PyTorch);
+- ``embedding`` (the new design): ``ops.rag_fusion`` rebuilds the neighbours'
+  keys and values from the token and site embedding tables projected by W_k,
+  W_v (the embedding is a sum, so this is exact) and attends per site over
+  the K with a distance bias and a local-agreement bias. ``detach_reference``
+  (option A, ``--refresh fixed``) stops the gradient into the reference side.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .errors import InputError
+from .tokens import MASK, VOCAB_SIZE
+
+MODES = ("none", "token", "embedding")
+N_VARIANT_TYPES = 4
+
+
+@dataclass
+class ModelConfig:
+    mode: str = "embedding"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    max_window: int = 128     # rows of the position table (window length)
+    af_features: int = 8      # Fourier features of the allele frequency
+    half_width: int = 16      # local-agreement half window of the fusion, in sites
+    alpha_init: float = 8.0   # initial weight of the local-agreement bias
+    beta_init: float = -2.0   # initial weight of the retrieval distance (per mismatching site)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InputError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.dim % self.heads or self.dim < 1:
+            raise InputError(f"dim {self.dim} must be a positive multiple of heads {self.heads}")
+        if self.af_features % 2 or self.af_features < 2:
+            raise InputError(f"af_features {self.af_features}: must be even and >= 2")
+
+
+class Sites(NamedTuple):
+    """Per-site inputs of one window: pos_ids int64 [L], af float32 [L], type_ids int64 [L]."""
+    pos_ids: torch.Tensor
+    af: torch.Tensor
+    type_ids: torch.Tensor
+
+
+class Retrieved(NamedTuple):
+    """Neighbours of N query haplotypes: ids int64 [N, K] rows of ref_tokens
+    (-1 none), dist float32 [N, K], ref_tokens uint8 [H, L] (a window slice)."""
+    ids: torch.Tensor
+    dist: torch.Tensor
+    ref_tokens: torch.Tensor
+
+
+class Embedding(nn.Module):
+    """token + position + AF Fourier features + variant type, through ops.window_embed."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.dim
+        self.tok_table = nn.Parameter(torch.randn(VOCAB_SIZE, D) * 0.5)
+        self.pos_table = nn.Parameter(torch.randn(config.max_window, D) * 0.02)
+        self.af_proj = nn.Parameter(torch.randn(config.af_features, D) * 0.02)
+        self.type_table = nn.Parameter(torch.randn(N_VARIANT_TYPES, D) * 0.02)
+
+    def forward(self, tokens: torch.Tensor, sites: Sites) -> torch.Tensor:
+        """tokens int64 [N, L] -> [N, L, D]."""
+        return ops.window_embed(tokens, sites.pos_ids, sites.af, sites.type_ids, self.tok_table,
+                                self.pos_table, self.af_proj, self.type_table)
+
+    def site_part(self, sites: Sites) -> torch.Tensor:
+        """[L, D]: the embedding without its token row (the same for every haplotype)."""
+        zeros = torch.zeros((1, len(sites.pos_ids)), dtype=torch.int64, device=sites.pos_ids.device)
+        return self(zeros, sites)[0] - self.tok_table[0]
+
+    def allele_encodings(self, sites: Sites) -> torch.Tensor:
+        """[V, L, D]: the embedding of every allele token at every site (retrieval keys)."""
+        L = len(sites.pos_ids)
+        tokens = torch.arange(VOCAB_SIZE, device=sites.pos_ids.device)[:, None].expand(VOCAB_SIZE, L)
+        return self(tokens.contiguous(), sites)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention (SDPA) and an MLP."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        N, L, D = h.shape
+        qkv = self.qkv(self.norm1(h)).view(N, L, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                                 # [N, heads, L, dh] each
+        attended = F.scaled_dot_product_attention(q, k, v)                    # [N, heads, L, dh]
+        h = h + self.proj(attended.transpose(1, 2).reshape(N, L, D))
+        return h + self.mlp(self.norm2(h))
+
+
+class Fusion(nn.Module):
+    """What both retrieval fusions share: projections, distance weight, gated residual."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D, H = config.dim, config.heads
+        self.heads = H
+        self.w_q, self.w_k, self.w_v = (nn.Linear(D, D, bias=False) for _ in range(3))
+        self.out = nn.Linear(D, D)
+        self.gate = nn.Parameter(torch.zeros(D))
+        self.beta = nn.Parameter(torch.full((H,), config.beta_init))
+
+    def residual(self, h: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        return h + torch.sigmoid(self.gate) * self.out(fused.to(h.dtype))
+
+
+class EmbeddingFusion(Fusion):
+    """ops.rag_fusion over neighbours rebuilt from the embedding tables."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.alpha = nn.Parameter(torch.full((config.heads,), config.alpha_init))
+        self.half_width = config.half_width
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor, retrieved: Retrieved, embedding: Embedding,
+                sites: Sites, detach_reference: bool) -> torch.Tensor:
+        """h [N, L, D], tokens int64 [N, L] -> [N, L, D]."""
+        tok, site = embedding.tok_table, embedding.site_part(sites)          # [V, D], [L, D]
+        if detach_reference:
+            tok, site = tok.detach(), site.detach()
+        w_k, w_v = self.w_k.weight.t().float(), self.w_v.weight.t().float()
+        fused = ops.rag_fusion(
+            self.w_q(h).float().contiguous(), retrieved.ids, retrieved.ref_tokens,
+            tok.float() @ w_k, tok.float() @ w_v, site.float() @ w_k, site.float() @ w_v,
+            retrieved.dist, self.beta.float(), tokens, tokens != MASK, self.alpha.float(),
+            self.heads, self.half_width)
+        return self.residual(h, fused)
+
+
+class TokenFusion(Fusion):
+    """Cross-attention over K neighbours already encoded by the transformer [V17]."""
+
+    def forward(self, h: torch.Tensor, encoded: torch.Tensor, retrieved: Retrieved) -> torch.Tensor:
+        """h [N, L, D], encoded neighbours [N, K, L, D] -> [N, L, D]."""
+        N, K, L, D = encoded.shape
+        dh = D // self.heads
+        q = self.w_q(h).view(N, L, self.heads, dh)
+        k = self.w_k(encoded).view(N, K, L, self.heads, dh)
+        v = self.w_v(encoded).view(N, K, L, self.heads, dh)
+        scores = torch.einsum("nlhd,nklhd->nlhk", q, k) / math.sqrt(dh)
+        scores = scores + self.beta[:, None] * retrieved.dist[:, None, None, :].to(scores.dtype)
+        valid = (retrieved.ids >= 0)[:, None, None, :]                         # [N, 1, 1, K]
+        p = torch.softmax(scores.masked_fill(~valid, torch.finfo(scores.dtype).min), -1) * valid
+        return self.residual(h, torch.einsum("nlhk,nklhd->nlhd", p, v).reshape(N, L, D))
+
+
+class ImputationModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = Embedding(config)
+        self.blocks = nn.ModuleList(Block(config.dim, config.heads) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.dim)
+        fusions = {"none": None, "token": TokenFusion, "embedding": EmbeddingFusion}
+        self.fusion = fusions[config.mode](config) if fusions[config.mode] else None
+        self.hap_head = nn.Linear(config.dim, 1)
+        self.gt_head = nn.Linear(2 * config.dim, 3)
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)
+
+    def forward(self, tokens: torch.Tensor, sites: Sites, retrieved: Optional[Retrieved] = None,
+                detach_reference: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """tokens int64 [B, 2, L] (h1, h2 of B samples); retrieved for the 2B
+        haplotypes (rows b*2 + j). Returns ALT logits [B, 2, L] and genotype
+        logits [B, L, 3] (0, 1, 2 ALT alleles)."""
+        B, _, L = tokens.shape
+        flat = tokens.reshape(2 * B, L)
+        h = self.embedding(flat, sites)                                        # [2B, L, D]
+        if self.config.mode == "embedding":
+            h = self.fusion(h, flat, retrieved, self.embedding, sites, detach_reference)
+        elif self.config.mode == "token":
+            h = self.fusion(h, self._encode_neighbours(retrieved, sites), retrieved)
+        h = self.encode(h).view(B, 2, L, -1)                                   # [B, 2, L, D]
+        hap_logits = self.hap_head(h).squeeze(-1)                              # [B, 2, L]
+        gt_logits = self.gt_head(torch.cat([h[:, 0], h[:, 1]], dim=-1))        # [B, L, 3]
+        return hap_logits, gt_logits
+
+    def _encode_neighbours(self, retrieved: Retrieved, sites: Sites) -> torch.Tensor:
+        """[N, K, L, D]: the neighbours' tokens through embedding and blocks."""
+        N, K = retrieved.ids.shape
+        neighbours = retrieved.ref_tokens[retrieved.ids.clamp(min=0).reshape(-1)].long()  # [N*K, L]
+        encoded = self.encode(self.embedding(neighbours, sites))               # [N*K, L, D]
+        return encoded.view(N, K, *encoded.shape[1:])

@@ -1,0 +1,74 @@
+"""The model: shapes in every mode, the exact site/token split, gradients of the fusion."""
+import numpy as np
+import pytest
+import torch
+
+from embrag_ext.model import EmbeddingFusion, ImputationModel, ModelConfig, Retrieved
+from embrag_ext.predict import PanelSites
+from embrag_ext.tokens import MASK
+
+B, L, H, K = 3, 20, 12, 4
+
+
+def inputs(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 2, (B, 2, L), generator=gen)
+    tokens[:, :, 1::2] = MASK
+    sites = PanelSites(np.linspace(0.01, 0.9, L, dtype=np.float32), np.arange(L) % 4,
+                       torch.device("cpu")).window(0, L)
+    ref_tokens = torch.randint(0, 2, (H, L), generator=gen, dtype=torch.uint8)
+    ids = torch.randint(0, H, (2 * B, K), generator=gen)
+    ids[0, -1] = -1
+    retrieved = Retrieved(ids, torch.rand(2 * B, K, generator=gen), ref_tokens)
+    return tokens, sites, retrieved
+
+
+def tiny(mode):
+    torch.manual_seed(0)
+    return ImputationModel(ModelConfig(mode=mode, dim=16, layers=1, heads=2, max_window=L, half_width=3))
+
+
+@pytest.mark.parametrize("mode", ["none", "token", "embedding"])
+def test_forward_shapes_and_backward(mode):
+    tokens, sites, retrieved = inputs()
+    model = tiny(mode)
+    hap_logits, gt_logits = model(tokens, sites, retrieved)
+    assert hap_logits.shape == (B, 2, L) and gt_logits.shape == (B, L, 3)
+    (hap_logits.sum() + gt_logits.sum()).backward()
+    assert model.embedding.tok_table.grad.abs().sum() > 0
+
+
+def test_embedding_is_token_row_plus_site_part():
+    tokens, sites, _ = inputs()
+    embedding = tiny("embedding").embedding
+    flat = tokens.reshape(2 * B, L)
+    want = embedding.tok_table[flat] + embedding.site_part(sites)
+    torch.testing.assert_close(embedding(flat, sites), want)
+    torch.testing.assert_close(embedding.allele_encodings(sites)[1], embedding.tok_table[1] + embedding.site_part(sites))
+
+
+@pytest.mark.parametrize("detach_reference", [False, True])
+def test_fusion_gradient_reaches_embedding_tables_only_in_option_b(detach_reference):
+    tokens, sites, retrieved = inputs()
+    model = tiny("embedding")
+    h = torch.randn(2 * B, L, 16)                                     # the query side carries no table gradient
+    fused = model.fusion(h, tokens.reshape(2 * B, L), retrieved, model.embedding, sites, detach_reference)
+    fused.square().sum().backward()
+    table_grads = [model.embedding.tok_table.grad, model.embedding.pos_table.grad]
+    if detach_reference:
+        assert all(grad is None for grad in table_grads)
+    else:
+        assert all(grad is not None and grad.abs().sum() > 0 for grad in table_grads)
+    assert model.fusion.w_k.weight.grad.abs().sum() > 0 and model.fusion.alpha.grad.abs().sum() > 0
+
+
+def test_fusion_uses_the_neighbours():
+    """Changing a retrieved neighbour's alleles changes the fused output."""
+    tokens, sites, retrieved = inputs()
+    model = tiny("embedding")
+    assert isinstance(model.fusion, EmbeddingFusion)
+    flat, h = tokens.reshape(2 * B, L), torch.randn(2 * B, L, 16)
+    before = model.fusion(h, flat, retrieved, model.embedding, sites, False)
+    flipped = Retrieved(retrieved.ids, retrieved.dist, 1 - retrieved.ref_tokens)
+    after = model.fusion(h, flat, flipped, model.embedding, sites, False)
+    assert not torch.allclose(before, after)

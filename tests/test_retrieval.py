@@ -1,0 +1,119 @@
+"""Retrieval: no leakage, observed sites only, h1/h2 separately, refresh."""
+import numpy as np
+import pytest
+import torch
+
+from embrag_ext.dataset import haplotype_rows
+from embrag_ext.predict import PanelSites, predict_batch
+from embrag_ext.retrieval import Retriever, site_scales
+from embrag_ext.tokens import MASK
+
+H, S, L, D = 40, 30, 30, 4       # 20 reference samples, one window of 30 sites
+
+
+def random_encoder(seed=0):
+    """encode(window) -> allele encodings [3, S, D] of the one key range, fixed random tables."""
+    gen = torch.Generator().manual_seed(seed)
+    tok, site = torch.randn(3, D, generator=gen), torch.randn(S, D, generator=gen)
+    return lambda window: tok[:, None, :] + site[None, :, :]
+
+
+@pytest.fixture
+def panel_tokens():
+    return (np.random.default_rng(1).random((H, S)) < 0.4).astype(np.uint8)   # [H, S]
+
+
+def make_retriever(ref_tokens_T, k=5, factory="Flat"):
+    retriever = Retriever(ref_tokens_T, np.array([[0, S]]), np.array([[0, S]]), k, factory=factory)
+    retriever.refresh(random_encoder())
+    return retriever
+
+
+OBSERVED = np.zeros(L, dtype=bool)
+OBSERVED[::3] = True
+
+
+def test_own_sample_never_retrieved_but_a_planted_duplicate_is(panel_tokens):
+    panel_tokens[30] = panel_tokens[6]           # sample 15 carries a copy of sample 3's h1
+    retriever = make_retriever(panel_tokens)
+    queries = panel_tokens[[6, 7]].astype(np.int64)
+    # As a training query (sample 3 is in the panel): its own rows 6, 7 never come back.
+    ids, dist = retriever.search(0, OBSERVED, queries, np.array([3, 3]))
+    assert not np.isin(ids.numpy(), [6, 7]).any()
+    assert ids[0, 0] == 30 and dist[0, 0] == 0
+    # As a validation query (not in the panel) the exact copies are found first.
+    ids, _ = retriever.search(0, OBSERVED, queries, np.array([-1, -1]))
+    assert set(ids[0, :2].tolist()) == {6, 30} and ids[1, 0] == 7
+
+
+def test_masked_reference_sites_do_not_change_the_neighbours(panel_tokens):
+    query = panel_tokens[[4, 9]].astype(np.int64)
+    before = make_retriever(panel_tokens).search(0, OBSERVED, query, np.array([2, 4]))
+    changed = panel_tokens.copy()
+    changed[:, ~OBSERVED] = 1 - changed[:, ~OBSERVED]
+    after = make_retriever(changed).search(0, OBSERVED, query, np.array([2, 4]))
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+def test_a_query_mask_counts_as_an_unobserved_site(panel_tokens):
+    """A MASK in the query at an observed site adds the same distance to every
+    reference: the distances equal those without that site, plus a constant."""
+    retriever = make_retriever(panel_tokens, k=H)
+    query = panel_tokens[[4]].astype(np.int64)
+    without_site = OBSERVED.copy()
+    without_site[3] = False
+    ids, dist = retriever.search(0, without_site, query, np.array([-1]))
+    query[0, 3] = MASK
+    ids_masked, dist_masked = retriever.search(0, OBSERVED, query, np.array([-1]))
+    before = dict(zip(ids[0].tolist(), dist[0].tolist()))
+    after = dict(zip(ids_masked[0].tolist(), dist_masked[0].tolist()))
+    shift = np.array([after[i] - before[i] for i in range(H)])
+    assert np.allclose(shift, 0.25, atol=1e-4)        # a quarter of one mismatch, for everyone
+
+
+def test_h1_and_h2_retrieve_separately(panel_tokens):
+    retriever = make_retriever(panel_tokens)
+    sample_tokens = torch.from_numpy(panel_tokens[[10, 25]].astype(np.int64))        # h1 = row 10, h2 = row 25
+    tokens = torch.where(torch.from_numpy(OBSERVED), sample_tokens, MASK)[None]       # [1, 2, L]
+    batch = {"window": torch.tensor(0), "start": torch.tensor(0), "tokens": tokens, "key_tokens": tokens,
+             "observed": torch.from_numpy(OBSERVED), "key_observed": torch.from_numpy(OBSERVED),
+             "sample": torch.tensor([-1])}
+    seen = {}
+
+    def model(tokens, sites, retrieved, detach_reference):
+        seen["ids"] = retrieved.ids
+        return None, None
+
+    sites = PanelSites(np.zeros(S, np.float32), np.zeros(S, np.uint8), torch.device("cpu"))
+    predict_batch(model, batch, sites, retriever, torch.from_numpy(panel_tokens))
+    assert seen["ids"][0, 0] == 10 and seen["ids"][1, 0] == 25
+    assert set(seen["ids"][0].tolist()) != set(seen["ids"][1].tolist())
+
+
+def test_approximate_index_reports_recall(panel_tokens):
+    retriever = make_retriever(panel_tokens, factory="HNSW8")
+    retriever.search(0, OBSERVED, panel_tokens[:6].astype(np.int64), np.arange(6) // 2)
+    assert 0.5 <= retriever.recall() <= 1.0
+    assert make_retriever(panel_tokens).recall() is None
+
+
+def test_reference_keys_use_only_observed_sites(panel_tokens):
+    retriever = make_retriever(panel_tokens)
+    keys = retriever.reference_keys(0, np.flatnonzero(OBSERVED))
+    assert keys.shape == (H, OBSERVED.sum() * D)
+
+
+def test_training_panel_holds_no_validation_haplotype():
+    from embrag_ext.dataset import split_samples
+    train, val = split_samples(50, 0.2, seed=3)
+    assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 50
+    rows = haplotype_rows(train)
+    assert not set(rows.tolist()) & set(haplotype_rows(val).tolist())
+
+
+def test_flank_sites_weigh_less_with_distance_from_the_window():
+    scales = site_scales(np.array([10, 20]), np.array([0, 30]), decay=5.0)      # sqrt of the weights
+    assert np.all(scales[10:20] == 1) and scales[9] == scales[20] < 1
+    assert np.all(np.diff(scales[:10]) > 0) and np.all(np.diff(scales[20:]) < 0)
+    assert np.isclose(scales[0] ** 2, np.exp(-10 / 5.0))
+    assert np.all(site_scales(np.array([10, 20]), np.array([0, 30]), decay=0) == 1)

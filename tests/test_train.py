@@ -1,0 +1,113 @@
+"""Training and imputation end to end on a tiny simulated cohort."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from embrag_ext import evaluate, impute, train
+from embrag_ext.dataset import WindowBatches
+from embrag_ext.errors import InputError, run_cli
+from embrag_ext.masking import MaskConfig
+from embrag_ext.tokens import MASK
+from embrag_ext.vcf_writer import read_imputed
+
+TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2", "--k", "4", "--key-flank", "16",
+        "--half-width", "4", "--batch-size", "8", "--steps-per-epoch", "3", "--val-fraction", "0.2"]
+
+
+def test_batches_are_deterministic_and_mask_like_an_array():
+    haplotypes_T = (np.random.default_rng(0).random((20, 300)) < 0.3).astype(np.uint8)    # 10 samples
+    windows = np.array([[0, 100], [80, 180], [160, 260], [200, 300]])
+    make = lambda: WindowBatches(haplotypes_T, windows, 50, 4, MaskConfig(ratio_range=(0.1, 0.1)), 5,
+                                 panel_sample=np.arange(10))
+    first, second = make(), make()
+    second.set_epoch(1)
+    second.set_epoch(0)
+    for index in range(len(first)):
+        a, b = first[index], second[index]
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    batch = first[2]
+    start, key_start = int(batch["start"]), first.key_ranges[int(batch["window"]), 0]
+    inside = slice(start - key_start, start - key_start + 100)
+    assert torch.equal(batch["tokens"], batch["key_tokens"][..., inside])
+    assert (batch["tokens"][..., ~batch["observed"]] == MASK).all()
+    seen = batch["tokens"][..., batch["observed"]]
+    assert (seen == batch["haplotypes"][..., batch["observed"]].long())[seen != MASK].all()
+    assert 0.05 < batch["key_observed"].float().mean() < 0.15
+
+
+def tiny_args(cohort, out, *extra):
+    return ["--panel", cohort["panel"], "--out", str(out), *TINY, *extra]
+
+
+def without_timings(history):
+    """The history as JSON text without the timings (NaN metrics compare equal as text)."""
+    return json.dumps([{key: value for key, value in record.items() if "seconds" not in key}
+                       for record in history], sort_keys=True)
+
+
+@pytest.mark.parametrize("mode,refresh", [("none", "epoch"), ("token", "fixed"), ("embedding", "fixed"),
+                                          ("embedding", "2")])
+def test_each_mode_trains_and_reports(cohort, tmp_path, mode, refresh):
+    history = train.main(tiny_args(cohort, tmp_path, "--mode", mode, "--refresh", refresh))
+    assert len(history) == 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    record = metrics["history"][-1]
+    for key in ("train_loss", "val_loss", "alt_f1_common", "dosage_r2"):
+        assert math.isfinite(record[key]), key
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_resume_equals_an_uninterrupted_run(cohort, tmp_path):
+    straight = train.main(tiny_args(cohort, tmp_path / "straight", "--epochs", "2"))
+    train.main(tiny_args(cohort, tmp_path / "resumed", "--epochs", "1"))
+    resumed = train.main(["--resume", str(tmp_path / "resumed"), "--epochs", "2"])
+    assert without_timings(resumed) == without_timings(straight)
+
+
+def test_refresh_changes_keys_and_fixed_does_not(cohort, tmp_path):
+    for refresh, should_change in (("1", True), ("fixed", False)):
+        trainer = train.Trainer(train.parse_args(tiny_args(cohort, tmp_path, "--refresh", refresh)))
+        trainer.refresh("initial encoder")
+        before = [e.copy() for e in trainer.retriever.encodings]
+        trainer.train_epoch()                                   # 3 steps; option B refreshes after each
+        changed = any(not np.array_equal(a, b) for a, b in zip(before, trainer.retriever.encodings))
+        assert changed == should_change, refresh
+        assert trainer.detach_reference == (not should_change)
+
+
+def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"k": 5, "epochs": 7, "refresh": "fixed"}))
+    args = train.parse_args(["--config", str(config), "--epochs", "3"])
+    assert (args.k, args.epochs, args.refresh_every) == (5, 3, None)
+    config.write_text(json.dumps({"neighbours": 5}))
+    with pytest.raises(InputError, match="unknown options neighbours"):
+        train.parse_args(["--config", str(config)])
+
+
+def test_bad_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train.main, ["--refresh", "sometimes"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --refresh 'sometimes'")
+
+
+def test_impute_writes_a_vcf_that_evaluate_scores(cohort, tmp_path):
+    train.main(tiny_args(cohort, tmp_path, "--epochs", "1"))
+    out = str(tmp_path / "imputed.vcf.gz")
+    impute.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--panel", cohort["panel"],
+                 "--targets", cohort["targets"], "--out", out])
+    calls = read_imputed(out)
+    truth = read_imputed(cohort["truth"])
+    typed = read_imputed(cohort["targets"])
+    assert calls.haplotypes.shape == truth.haplotypes.shape
+    typed_rows = np.isin(calls.positions, typed.positions)
+    assert np.array_equal(calls.haplotypes[typed_rows], typed.haplotypes)      # typed alleles kept
+    assert not calls.imputed[typed_rows].any() and calls.imputed[~typed_rows].all()
+    report = evaluate.main(["--truth", cohort["truth"], "--imputed", out, "--typed", cohort["targets"],
+                            "--out-json", str(tmp_path / "eval.json")])
+    assert os.path.isfile(tmp_path / "eval.json") and report is not None
