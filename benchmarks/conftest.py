@@ -1,5 +1,6 @@
 """Shared benchmark plumbing: timings by name, and ratio lines printed in the
 terminal summary (pytest captures a benchmark's own prints)."""
+import embrag_ext  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads, as the CLIs run)
 import pytest
 import torch
 

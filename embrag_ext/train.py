@@ -180,9 +180,7 @@ class Trainer:
         args = self.args
         if self.epoch > 0 and args.refresh_every == 0:
             self.refresh(f"epoch {self.epoch + 1}")
-        batches = WindowBatches(self.data.ref_tokens_T, self.data.windows, args.key_flank, args.batch_size, self.mask,
-                                args.seed, panel_sample=np.arange(len(self.data.train)))
-        batches.set_epoch(self.epoch)
+        batches = self.train_batches()
         n_steps = min(len(batches), args.steps_per_epoch or len(batches))
         losses = []
         self.model.train()
@@ -199,10 +197,22 @@ class Trainer:
         bar.close()
         return float(np.mean(losses))
 
-    def train_step(self, batch: Dict[str, torch.Tensor]) -> float:
+    def train_batches(self) -> WindowBatches:
+        """The training batches of the current epoch."""
+        args = self.args
+        batches = WindowBatches(self.data.ref_tokens_T, self.data.windows, args.key_flank, args.batch_size, self.mask,
+                                args.seed, panel_sample=np.arange(len(self.data.train)))
+        batches.set_epoch(self.epoch)
+        return batches
+
+    def loss(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch: retrieval and the forward pass, with autograd."""
         hap_logits, gt_logits = predict_batch(self.model, batch, self.data.sites, self.retriever,
                                               self.data.ref_tokens, self.detach_reference)
-        loss = masked_loss(hap_logits, gt_logits, batch)
+        return masked_loss(hap_logits, gt_logits, batch)
+
+    def train_step(self, batch: Dict[str, torch.Tensor]) -> float:
+        loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
