@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checkpoint import load_checkpoint
 from .dataset import WindowBatches, key_ranges, loader
 from .errors import InputError, run_cli
 from .masking import MaskConfig
@@ -41,13 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="target samples per batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     return p
-
-
-def load_checkpoint(path: str, device: str) -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError) as error:
-        raise InputError(f"--checkpoint {path}: {error}") from None
 
 
 def check_panel(panel: Panel, checkpoint: dict) -> None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .checkpoint import load_checkpoint
 from .dataset import WindowBatches, haplotype_rows, key_ranges, loader, split_samples
 from .demo import demo_cohort
 from .errors import InputError, run_cli
@@ -329,7 +330,7 @@ def resumed_args(args: argparse.Namespace) -> tuple:
     path = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise InputError(f"--resume {args.resume}: no checkpoint.pt there")
-    checkpoint = torch.load(path, map_location=args.device, weights_only=False)
+    checkpoint = load_checkpoint(path, args.device, flag="--resume")
     stored = argparse.Namespace(**checkpoint["args"])
     for name in RESUME_OVERRIDES:
         setattr(stored, name, getattr(args, name))

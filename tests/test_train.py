@@ -96,6 +96,25 @@ def test_bad_arguments_exit_2(capsys):
     assert capsys.readouterr().err.startswith("error: --refresh 'sometimes'")
 
 
+@pytest.mark.parametrize("content,message", [
+    (None, "not a readable embrag_ext checkpoint"),               # missing file
+    (b"##fileformat=VCFv4.2\n", "not a readable embrag_ext checkpoint"),
+    ("torch", "not an embrag_ext checkpoint (missing args"),      # a torch file of something else
+])
+def test_impute_rejects_a_bad_checkpoint_in_one_line(cohort, tmp_path, capsys, content, message):
+    checkpoint, out = tmp_path / "checkpoint.pt", tmp_path / "imputed.vcf.gz"
+    if content == "torch":
+        torch.save({"weights": torch.zeros(2)}, checkpoint)
+    elif content is not None:
+        checkpoint.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(impute.main, ["--checkpoint", str(checkpoint), "--panel", cohort["panel"],
+                              "--targets", cohort["targets"], "--out", str(out)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.startswith("error: --checkpoint") and message in error
+    assert len(error.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_impute_writes_a_vcf_that_evaluate_scores(cohort, tmp_path):
     train.main(tiny_args(cohort, tmp_path, "--epochs", "1"))
     out = str(tmp_path / "imputed.vcf.gz")
