@@ -1,7 +1,8 @@
 """Compare imputed genotypes with the truth: ``python -m embrag_ext.evaluate``.
 
     python -m embrag_ext.evaluate --truth T.vcf.gz --imputed I.vcf.gz \\
-        [--panel P.vcf.gz] [--typed G.vcf.gz] [--out-json F.json] [--plot F.png]
+        [--panel P.vcf.gz] [--typed G.vcf.gz] [--out-json F.json] [--plot F.png] \\
+        [--compare OTHER.vcf.gz ...]
 
 Sites are matched by position, REF and ALT, samples by name. The MAF of a
 site comes from the panel (``--panel``) or, without one, from the truth
@@ -10,12 +11,15 @@ in ``--typed`` (the target VCF given to the imputation), or else sites with
 the INFO/IMP flag, or else (no IMP in the header) all sites. Prints a table per
 MAF bin (metrics.py), writes the report as JSON (default: next to the imputed
 file, ``<name>.eval.json``) and, with ``--plot``, draws r2 by MAF bin.
+``--compare`` scores other imputed files (another tool's, e.g. Beagle's) the
+same way: a table and a JSON next to each, and one bar series per file in the plot.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -76,9 +80,11 @@ def _imputed_site_mask(args, imputed: ImputedCalls, keys: List[SiteKey],
     return np.ones(len(keys), dtype=bool)
 
 
-def evaluate(args) -> Dict[str, object]:
-    """The report dict (JSON-able apart from nan) for parsed arguments."""
-    truth, imputed = read_imputed(args.truth), read_imputed(args.imputed)
+def evaluate(args, imputed_path: Optional[str] = None) -> Dict[str, object]:
+    """The report dict (JSON-able apart from nan) for parsed arguments, of
+    ``imputed_path`` (default ``args.imputed``)."""
+    imputed_path = imputed_path or args.imputed
+    truth, imputed = read_imputed(args.truth), read_imputed(imputed_path)
     truth_rows, imputed_rows = _matched_rows(truth, imputed, args.truth)
     truth_columns, imputed_columns = _matched_columns(truth, imputed, args.truth)
     keys = [site_keys(imputed)[row] for row in imputed_rows]
@@ -97,7 +103,7 @@ def evaluate(args) -> Dict[str, object]:
         notes.append("no --panel: MAF computed from the truth samples")
     site_mask = _imputed_site_mask(args, imputed, keys, imputed_rows, notes)
     maf = np.minimum(af, 1 - af)
-    report = {"truth": args.truth, "imputed": args.imputed, "maf_source": maf_source,
+    report = {"truth": args.truth, "imputed": imputed_path, "maf_source": maf_source,
               "n_sites_matched": len(keys), "n_sites_evaluated": int(site_mask.sum()),
               "n_samples": len(truth_columns), "notes": notes,
               "dosage": dosage_metrics(true_gt, dosage, af, site_mask, called_gt)}
@@ -137,20 +143,32 @@ def format_table(report: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def plot_r2(report: Dict[str, object], png_path: str) -> None:
-    """Bar chart of aggregate and mean per-site r2 by MAF bin."""
+def file_label(path: str) -> str:
+    """``beagle`` for ``runs/beagle.vcf.gz``: a short name for a plot legend."""
+    name = os.path.basename(path)
+    return next((name[: -len(ext)] for ext in OUTPUT_FORMATS if name.endswith(ext)), name)
+
+
+def plot_r2(reports: List[Dict[str, object]], png_path: str) -> None:
+    """Bar chart of r2 by MAF bin: aggregate and mean per-site r2 of one
+    report, or the aggregate r2 of each of several (one series per file)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bins = report["dosage"]["bins"]
-    x = np.arange(len(bins))
+    bins = [b["bin"] for b in reports[0]["dosage"]["bins"]]
+    if len(reports) == 1:
+        series = [(f"{name} r2", [b[key] for b in reports[0]["dosage"]["bins"]])
+                  for name, key in (("aggregate", "aggregate_r2"), ("mean per-site", "mean_site_r2"))]
+    else:
+        series = [(file_label(r["imputed"]), [b["aggregate_r2"] for b in r["dosage"]["bins"]]) for r in reports]
+    x, width = np.arange(len(bins)), 0.8 / len(series)
     figure, axes = plt.subplots(figsize=(6, 4))
-    axes.bar(x - 0.2, [b["aggregate_r2"] for b in bins], width=0.4, label="aggregate r2")
-    axes.bar(x + 0.2, [b["mean_site_r2"] for b in bins], width=0.4, label="mean per-site r2")
-    axes.set_xticks(x, [b["bin"] for b in bins])
+    for i, (label, values) in enumerate(series):
+        axes.bar(x + (i - (len(series) - 1) / 2) * width, values, width=width, label=label)
+    axes.set_xticks(x, bins)
     axes.set_xlabel("MAF bin")
-    axes.set_ylabel("dosage r2")
+    axes.set_ylabel("dosage r2" if len(reports) == 1 else "aggregate dosage r2")
     axes.set_ylim(0, 1)
     axes.legend()
     figure.tight_layout()
@@ -175,15 +193,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser.add_argument("--typed", help="target VCF given to the imputation: its sites are not evaluated")
     parser.add_argument("--out-json", help="report path (default: <imputed>.eval.json)")
     parser.add_argument("--plot", help="PNG of r2 by MAF bin")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="VCF",
+                        help="other imputed VCFs (e.g. Beagle's) scored the same way, beside it in the plot")
     args = parser.parse_args(argv)
-    report = evaluate(args)
-    print(format_table(report))
-    json_path = args.out_json or default_json_path(args.imputed)
-    with open(json_path, "w") as handle:
-        json.dump(_json_safe(report), handle, indent=2)
+    paths = [args.imputed, *args.compare]
+    reports = [evaluate(args, path) for path in paths]     # all checked before anything is written
+    for path, report in zip(paths, reports):
+        if args.compare:
+            print(f"== {path}")
+        print(format_table(report))
+        json_path = (args.out_json if path is args.imputed else None) or default_json_path(path)
+        with open(json_path, "w") as handle:
+            json.dump(_json_safe(report), handle, indent=2)
     if args.plot:
-        plot_r2(report, args.plot)
-    return report
+        plot_r2(reports, args.plot)
+    return reports[0]
 
 
 if __name__ == "__main__":

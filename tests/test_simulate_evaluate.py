@@ -92,6 +92,13 @@ def test_major_allele_prediction_scores_low(cohort, tmp_path):
     untyped = ~targets.typed
     expected = (true_gt[untyped] == 2 * (panel.af[untyped] > 0.5)[:, None]).mean()
     assert overall["concordance"] == pytest.approx(expected)
+    # --compare: both files scored alike, a JSON next to each, one plot
+    result = run_module("evaluate", "--truth", cohort["truth"], "--imputed", cohort["truth"],
+                        "--compare", imputed, "--panel", cohort["panel"], "--plot", tmp_path / "both.png")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("MAF bin") == 2 and f"== {imputed}" in result.stdout
+    assert json.loads((tmp_path / "major.eval.json").read_text())["dosage"] == report["dosage"]
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --typed gives the same evaluated sites as the IMP flags
     result = run_module("evaluate", "--truth", cohort["truth"], "--imputed", imputed,
                         "--panel", cohort["panel"], "--typed", cohort["targets"], "--out-json", tmp_path / "t.json")
