@@ -39,9 +39,7 @@ import embrag_ext  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before tor
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,11 +47,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+import peak_memory as peak_memory_tools
 from embrag_ext import train
 from embrag_ext.model import MODES
 
 TRAIN_OPTIONS = ("batch_size", "k", "dim", "layers", "heads", "window", "device")  # passed to train.parse_args
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 MiB = 2 ** 20
 
 
@@ -146,26 +144,14 @@ def time_modes(args: argparse.Namespace,
 def memory_method(device: str) -> str:
     if device == "cuda":
         return "CUDA max_memory_allocated above the allocation before the pass"
-    return "rise of peak RSS (VmHWM after /proc/self/clear_refs) above VmRSS before the pass"
+    return peak_memory_tools.METHOD
 
 
 def peak_memory(argv: Sequence[str], mode: str) -> Dict[str, int]:
     """{"step": bytes, "forward": bytes}: peak memory of ``mode``, each pass in a fresh subprocess."""
-    env = dict(os.environ, **CHILD_ENV)
-    peaks = {}
-    for kind in PASSES:
-        result = subprocess.run([sys.executable, __file__, *argv, "--memory-child", mode, "--memory-pass", kind],
-                                env=env, check=True, capture_output=True, text=True)
-        peaks[kind] = json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
-    return peaks
-
-
-def proc_status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM), in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    return {kind: peak_memory_tools.child_peak_bytes(
+                [__file__, *argv, "--memory-child", mode, "--memory-pass", kind])
+            for kind in PASSES}
 
 
 def peak_rise(device: torch.device, work: Callable[[], object]) -> int:
@@ -177,10 +163,7 @@ def peak_rise(device: torch.device, work: Callable[[], object]) -> int:
         work()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    before = proc_status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    work()
-    return (proc_status_kib("VmHWM") - before) * 1024
+    return peak_memory_tools.rss_rise_bytes(work)
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -193,7 +176,7 @@ def memory_child(args: argparse.Namespace) -> None:
     measured = [batches[i] for i in range(1, 1 + args.memory_steps)]
     run_pass = PASSES[args.memory_pass]
     peak = peak_rise(trainer.device, lambda: [run_pass(trainer, batch) for batch in measured])
-    print(json.dumps({"peak_bytes": peak}))
+    peak_memory_tools.print_peak(peak)
 
 
 # --- report ------------------------------------------------------------------------------------

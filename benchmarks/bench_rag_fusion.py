@@ -10,16 +10,14 @@ one call runs, measured in a fresh subprocess after a warm-up call, with the
 peak reset through /proc/self/clear_refs and glibc's mmap threshold fixed so
 freed buffers go back to the OS. Speed is reported, never asserted.
 """
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import PASSES, median_seconds
+from conftest import PASSES, time_pass
+from peak_memory import child_peak_bytes, print_peak, rss_rise_bytes
 from embrag_ext import ops
 from embrag_ext.reference import rag_fusion_reference
 
@@ -46,17 +44,7 @@ IMPLS = {"fused": ops.rag_fusion, "reference": rag_fusion_reference}
 
 def peak_bytes(which, impl):
     """Peak resident-memory rise of one call, in a fresh subprocess."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    result = subprocess.run([sys.executable, __file__, which, impl], env=env, check=True,
-                            capture_output=True, text=True, cwd=Path(__file__).parent)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
-
-
-def _status_kib(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    return child_peak_bytes([__file__, which, impl], cwd=Path(__file__).parent)
 
 
 def _measure_peak(which, impl):
@@ -65,21 +53,16 @@ def _measure_peak(which, impl):
     for t in inputs:
         if isinstance(t, torch.Tensor):
             t.grad = None
-    baseline = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    PASSES[which](IMPLS[impl], inputs)
-    print(json.dumps({"peak_bytes": (_status_kib("VmHWM") - baseline) * 1024}))
+    print_peak(rss_rise_bytes(lambda: PASSES[which](IMPLS[impl], inputs)))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("which", PASSES)
 def bench_rag_fusion(benchmark, ratio_report, which, impl):
-    inputs = make_inputs()
     benchmark.group = f"rag_fusion {which}"
-    benchmark(PASSES[which], IMPLS[impl], inputs)
-    TIMES[which, impl] = median_seconds(benchmark)
-    fused, ref = TIMES.get((which, "fused")), TIMES.get((which, "reference"))
-    if fused and ref:
+    pair = time_pass(benchmark, TIMES, which, impl, IMPLS[impl], make_inputs(), baseline="reference")
+    if pair:
+        fused, ref = pair
         peak_fused, peak_ref = peak_bytes(which, "fused"), peak_bytes(which, "reference")
         ratio_report(
             f"rag_fusion {which:>16} B={B} K={K} L={L} D={D} heads={N_HEADS}: reference/fused "

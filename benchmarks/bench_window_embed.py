@@ -9,7 +9,7 @@ Speed is reported, never asserted.
 import pytest
 import torch
 
-from conftest import PASSES, median_seconds
+from conftest import PASSES, time_pass
 from embrag_ext import ops
 from embrag_ext.reference import window_embed_reference
 
@@ -40,11 +40,9 @@ IMPLS = {"fused": ops.window_embed, "eager": window_embed_reference}
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("which", PASSES)
 def bench_window_embed(benchmark, ratio_report, which, impl):
-    inputs = make_inputs()
     benchmark.group = f"window_embed {which}"
-    benchmark(PASSES[which], IMPLS[impl], inputs)
-    TIMES[which, impl] = median_seconds(benchmark)
-    fused, eager = TIMES.get((which, "fused")), TIMES.get((which, "eager"))
-    if fused and eager:
+    pair = time_pass(benchmark, TIMES, which, impl, IMPLS[impl], make_inputs(), baseline="eager")
+    if pair:
+        fused, eager = pair
         ratio_report(f"window_embed {which:>16} B={B} L={L} D={D}: eager/fused time = "
                      f"{eager / fused:5.2f}x, fused moves {bytes_moved(which) / fused / 1e9:5.2f} GB/s")

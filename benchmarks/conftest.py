@@ -39,6 +39,16 @@ def forward_backward(fn, inputs):
 PASSES = {"forward": forward, "forward+backward": forward_backward}
 
 
+def time_pass(benchmark, times, which, impl, fn, inputs, baseline):
+    """Time PASSES[which] of fn(*inputs) with pytest-benchmark and keep its
+    median in times[which, impl]; once the "fused" and ``baseline`` impls have
+    both run for ``which``, return (fused seconds, baseline seconds), else None."""
+    benchmark(PASSES[which], fn, inputs)
+    times[which, impl] = median_seconds(benchmark)
+    fused, other = times.get((which, "fused")), times.get((which, baseline))
+    return (fused, other) if fused and other else None
+
+
 def pytest_terminal_summary(terminalreporter):
     if _REPORT_LINES:
         terminalreporter.section("embrag_ext benchmark ratios")
