@@ -27,6 +27,7 @@ import torch
 
 from .errors import InputError
 from .masking import MaskConfig, array_pattern, rng_for, sporadic_missing
+from .panel import haplotype_columns
 from .tokens import MASK
 
 
@@ -47,12 +48,6 @@ def key_ranges(windows: np.ndarray, flank: int, n_sites: int) -> np.ndarray:
         raise InputError(f"key flank {flank}: must be >= 0")
     windows = np.asarray(windows, dtype=np.int64)
     return np.stack([np.maximum(windows[:, 0] - flank, 0), np.minimum(windows[:, 1] + flank, n_sites)], axis=1)
-
-
-def haplotype_rows(sample_indices: np.ndarray) -> np.ndarray:
-    """Haplotype rows int64 [2n] (2s, 2s + 1) of samples [n]."""
-    sample_indices = np.asarray(sample_indices, dtype=np.int64)
-    return np.stack([2 * sample_indices, 2 * sample_indices + 1], axis=1).reshape(-1)
 
 
 class WindowBatches(torch.utils.data.Dataset):
@@ -103,7 +98,7 @@ class WindowBatches(torch.utils.data.Dataset):
         start, end = self.windows[window]
         key_start, key_end = self.key_ranges[window]
         rng = rng_for(self.seed, self.epoch, index)
-        haplotypes = self.haplotypes_T[haplotype_rows(samples), key_start:key_end]    # [2B, Lk]
+        haplotypes = self.haplotypes_T[haplotype_columns(samples), key_start:key_end]    # [2B, Lk]
         haplotypes = haplotypes.reshape(len(samples), 2, key_end - key_start)       # [B, 2, Lk]
         if self.observed_sites is None:
             observed = array_pattern(key_end - key_start, self.mask, rng)           # [Lk]

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
-from .dataset import WindowBatches, haplotype_rows, key_ranges, loader, split_samples
+from .dataset import WindowBatches, key_ranges, loader, split_samples
 from .demo import demo_cohort
 from .errors import InputError, run_cli
 from .masking import MaskConfig
 from .metrics import alt_f1, dosage_metrics
 from .model import MODES, ImputationModel, ModelConfig
-from .panel import load_panel
+from .panel import haplotype_columns, load_panel
 from .predict import PanelSites, key_encoder, predict_batch
 from .retrieval import Retriever
 from .tokens import MASK
@@ -136,8 +136,8 @@ class TrainData:
         self.key_ranges = key_ranges(self.windows, args.key_flank, self.panel.n_sites)  # [W, 2]
         self.train, self.val = split_samples(len(self.panel.samples), args.val_fraction, args.seed)
         haplotypes_T = self.panel.haplotypes.T                                       # [2N, S]
-        self.ref_tokens_T = np.ascontiguousarray(haplotypes_T[haplotype_rows(self.train)])  # [H, S]
-        self.val_haplotypes_T = np.ascontiguousarray(haplotypes_T[haplotype_rows(self.val)])
+        self.ref_tokens_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.train)])  # [H, S]
+        self.val_haplotypes_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.val)])
         self.ref_tokens = torch.from_numpy(self.ref_tokens_T).to(device)
         self.sites = PanelSites(self.panel.af, self.panel.variant_type, device)
 

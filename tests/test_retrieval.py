@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from embrag_ext.dataset import haplotype_rows
+from embrag_ext.panel import haplotype_columns
 from embrag_ext.predict import PanelSites, predict_batch
 from embrag_ext.retrieval import Retriever, site_scales
 from embrag_ext.tokens import MASK
@@ -107,8 +107,8 @@ def test_training_panel_holds_no_validation_haplotype():
     from embrag_ext.dataset import split_samples
     train, val = split_samples(50, 0.2, seed=3)
     assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 50
-    rows = haplotype_rows(train)
-    assert not set(rows.tolist()) & set(haplotype_rows(val).tolist())
+    rows = haplotype_columns(train)
+    assert not set(rows.tolist()) & set(haplotype_columns(val).tolist())
 
 
 def test_flank_sites_weigh_less_with_distance_from_the_window():
