@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from embrag_ext.panel import load_panel
+from embrag_ext.panel_vcf import load_panel
 from embrag_ext.vcf_writer import write_phased_vcf
 
 

@@ -26,9 +26,10 @@ import numpy as np
 
 from .errors import InputError, run_cli
 from .metrics import alt_f1, dosage_metrics
-from .panel import SiteKey, haplotype_columns, load_panel, site_keys, values_at_sites
-from .vcf_io import iter_records, open_vcf
-from .vcf_writer import OUTPUT_FORMATS, ImputedCalls, read_imputed
+from .panel import SiteKey, haplotype_columns, site_keys, values_at_sites
+from .panel_vcf import load_panel
+from .vcf_io import ImputedCalls, iter_records, open_vcf, read_imputed
+from .vcf_writer import OUTPUT_FORMATS
 
 def _typedsite_keys(path: str) -> Set[SiteKey]:
     """(POS, REF, ALT) of the typed VCF's records, with REF/ALT also swapped."""

@@ -24,7 +24,8 @@ from .dataset import WindowBatches, key_ranges, loader
 from .errors import InputError, run_cli
 from .masking import MaskConfig
 from .model import ImputationModel, ModelConfig
-from .panel import Panel, load_panel
+from .panel import Panel
+from .panel_vcf import load_panel
 from .predict import PanelSites, predict_batch
 from .retrieval import Retriever
 from .targets import load_targets

@@ -6,5 +6,4 @@ observed: an untyped site or a missing genotype).
 REF = 0
 ALT = 1
 MASK = 2
-MASK_TOKEN = MASK
 VOCAB_SIZE = 3

@@ -36,7 +36,8 @@ from .errors import InputError, run_cli
 from .masking import MaskConfig
 from .metrics import alt_f1, dosage_metrics
 from .model import MODES, ImputationModel, ModelConfig
-from .panel import haplotype_columns, load_panel
+from .panel import haplotype_columns
+from .panel_vcf import load_panel
 from .predict import PanelSites, key_encoder, predict_batch
 from .retrieval import Retriever
 from .tokens import MASK

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
 import cyvcf2
+import numpy as np
 
 from .errors import InputError
 
@@ -226,3 +227,48 @@ def genotype_alleles(record, path: str):
     if genotypes.shape[1] != 3:
         raise InputError(f"{path}: record {record.CHROM}:{record.POS}: genotypes are not diploid")
     return genotypes[:, :2], genotypes[:, 2] != 0
+
+
+@dataclass
+class ImputedCalls:
+    """Genotypes read back from a VCF (imputed output or any phased VCF)."""
+    chrom: str
+    positions: np.ndarray   # int64 [S]
+    ref: np.ndarray         # str [S]
+    alt: np.ndarray         # str [S]
+    samples: List[str]      # [T]
+    dosage: np.ndarray      # float32 [S, T]: FORMAT/DS, or the GT allele count without DS
+    haplotypes: np.ndarray  # uint8 [S, 2T] GT alleles
+    imputed: Optional[np.ndarray]  # bool [S] INFO/IMP flags; None if the header has no IMP
+    phased: bool            # every genotype phased
+
+
+def read_imputed(path: str) -> ImputedCalls:
+    """Read a biallelic, single-contig VCF with complete genotypes."""
+    vcf = open_vcf(path)
+    has_ds, has_imp = vcf.contains("DS"), vcf.contains("IMP")
+    chroms, positions, refs, alts, dosages, haplotypes, imputed = set(), [], [], [], [], [], []
+    phased = True
+    for record in iter_records(vcf, path):
+        where = f"{path}: record {record.CHROM}:{record.POS}"
+        if len(record.ALT) != 1:
+            raise InputError(f"{where}: multi-allelic (split it with bcftools norm -m-)")
+        alleles, record_phased = genotype_alleles(record, path)  # [T, 2], [T]
+        if (alleles < 0).any():
+            raise InputError(f"{where}: missing genotype for sample "
+                             f"{vcf.samples[int(np.argmax((alleles < 0).any(axis=1)))]}")
+        phased &= bool(record_phased.all())
+        chroms.add(record.CHROM)
+        positions.append(record.POS)
+        refs.append(record.REF)
+        alts.append(record.ALT[0])
+        haplotypes.append(alleles.reshape(-1).astype(np.uint8))
+        dosages.append(record.format("DS")[:, 0] if has_ds else alleles.sum(axis=1))
+        imputed.append(bool(record.INFO.get("IMP")))
+    if len(chroms) != 1:
+        raise InputError(f"{path}: expected records on one contig, found {len(chroms) or 'none'}")
+    return ImputedCalls(chrom=chroms.pop(), positions=np.asarray(positions, dtype=np.int64),
+                        ref=np.asarray(refs, dtype=str), alt=np.asarray(alts, dtype=str),
+                        samples=list(vcf.samples), dosage=np.asarray(dosages, dtype=np.float32),
+                        haplotypes=np.stack(haplotypes),
+                        imputed=np.asarray(imputed, dtype=bool) if has_imp else None, phased=phased)

@@ -1,4 +1,4 @@
-"""Writing VCFs (imputed output, phased haplotypes) and reading imputed calls back.
+"""Writing VCFs: imputed output and phased haplotypes.
 
 Output format follows the file name: ``.vcf.gz`` / ``.vcf.bgz`` (bgzip, with a
 .tbi index), ``.bcf`` (with a .csi index) or ``.vcf`` (plain text). Files are
@@ -16,15 +16,14 @@ import contextlib
 import datetime
 import os
 import tempfile
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import cyvcf2
 import numpy as np
 
 from .errors import InputError
 from .tokens import MASK
-from .vcf_io import build_index, genotype_alleles, iter_records, open_vcf
+from .vcf_io import build_index
 
 # extension -> (cyvcf2 write mode, index suffix or None)
 OUTPUT_FORMATS = {".vcf.gz": ("wz", ".tbi"), ".vcf.bgz": ("wz", ".tbi"),
@@ -198,54 +197,3 @@ def write_imputed_vcf(out_path: str, panel, sample_names: Sequence[str], alt_pro
             record.set_format("DS", dosage[site][:, None].astype(np.float32))
             record.set_format("GP", genotype_probs[site].astype(np.float32))
             writer.write_record(record)
-
-
-@dataclass
-class ImputedCalls:
-    """Genotypes read back from a VCF (imputed output or any phased VCF)."""
-    chrom: str
-    positions: np.ndarray   # int64 [S]
-    ref: np.ndarray         # str [S]
-    alt: np.ndarray         # str [S]
-    samples: List[str]      # [T]
-    dosage: np.ndarray      # float32 [S, T]: FORMAT/DS, or the GT allele count without DS
-    haplotypes: np.ndarray  # uint8 [S, 2T] GT alleles
-    imputed: Optional[np.ndarray]  # bool [S] INFO/IMP flags; None if the header has no IMP
-    phased: bool            # every genotype phased
-
-
-def read_imputed(path: str) -> ImputedCalls:
-    """Read a biallelic, single-contig VCF with complete genotypes."""
-    vcf = open_vcf(path)
-    has_ds, has_imp = vcf.contains("DS"), vcf.contains("IMP")
-    chroms, positions, refs, alts, dosages, haplotypes, imputed = set(), [], [], [], [], [], []
-    phased = True
-    for record in iter_records(vcf, path):
-        where = f"{path}: record {record.CHROM}:{record.POS}"
-        if len(record.ALT) != 1:
-            raise InputError(f"{where}: multi-allelic (split it with bcftools norm -m-)")
-        alleles, record_phased = genotype_alleles(record, path)  # [T, 2], [T]
-        if (alleles < 0).any():
-            raise InputError(f"{where}: missing genotype for sample "
-                             f"{vcf.samples[int(np.argmax((alleles < 0).any(axis=1)))]}")
-        phased &= bool(record_phased.all())
-        chroms.add(record.CHROM)
-        positions.append(record.POS)
-        refs.append(record.REF)
-        alts.append(record.ALT[0])
-        haplotypes.append(alleles.reshape(-1).astype(np.uint8))
-        dosages.append(record.format("DS")[:, 0] if has_ds else alleles.sum(axis=1))
-        imputed.append(bool(record.INFO.get("IMP")))
-    if len(chroms) != 1:
-        raise InputError(f"{path}: expected records on one contig, found {len(chroms) or 'none'}")
-    return ImputedCalls(chrom=chroms.pop(), positions=np.asarray(positions, dtype=np.int64),
-                        ref=np.asarray(refs, dtype=str), alt=np.asarray(alts, dtype=str),
-                        samples=list(vcf.samples), dosage=np.asarray(dosages, dtype=np.float32),
-                        haplotypes=np.stack(haplotypes),
-                        imputed=np.asarray(imputed, dtype=bool) if has_imp else None, phased=phased)
-
-
-def read_dosages(path: str) -> Tuple[np.ndarray, List[str], np.ndarray, np.ndarray]:
-    """(positions int64 [S], samples [T], DS float32 [S, T], GT haplotypes uint8 [S, 2T])."""
-    calls = read_imputed(path)
-    return calls.positions, calls.samples, calls.dosage, calls.haplotypes

@@ -1,9 +1,6 @@
 """Fixtures of the genotype data layer tests (small VCFs, a simulated cohort)."""
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -29,7 +26,7 @@ def isolated_cache(tmp_path, monkeypatch):
 def make_vcf(tmp_path):
     """make_vcf(name, records, samples=("s1", "s2")) -> path of a plain-text VCF.
 
-    records: VCF lines from CHROM to the last sample column (see record()).
+    records: VCF lines from CHROM to the last sample column (see helpers.record()).
     """
     def write(name, records, samples=("s1", "s2")):
         path = tmp_path / name
@@ -37,11 +34,6 @@ def make_vcf(tmp_path):
         path.write_text(HEADER + columns + "\n" + "".join(line + "\n" for line in records))
         return str(path)
     return write
-
-
-def record(pos, ref, alt, *genotypes, chrom="1", info="."):
-    """One VCF record line with GT genotypes."""
-    return "\t".join([chrom, str(pos), ".", ref, alt, ".", "PASS", info, "GT", *genotypes])
 
 
 @pytest.fixture
@@ -69,12 +61,3 @@ def cohort(cohort_dir, tmp_path):
     out = tmp_path / "cohort"
     shutil.copytree(cohort_dir, out)
     return {name: os.path.join(out, f"{name}.vcf.gz") for name in ("panel", "truth", "targets")}
-
-
-def run_module(module, *args):
-    """Run ``python -m embrag_ext.<module> args`` as a user would: against the
-    installed package (from a scratch directory, so that the source tree, which
-    has no compiled extension in a regular install, does not shadow it)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        return subprocess.run([sys.executable, "-m", f"embrag_ext.{module}", *map(str, args)],
-                              capture_output=True, text=True, cwd=scratch)

@@ -6,10 +6,11 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import record
+from helpers import record
 from embrag_ext import panel_cache
 from embrag_ext.errors import InputError
-from embrag_ext.panel import DELETION, INSERTION, OTHER, SNP, load_panel
+from embrag_ext.panel import DELETION, INSERTION, OTHER, SNP
+from embrag_ext.panel_vcf import load_panel
 from embrag_ext.vcf_writer import write_phased_vcf
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")

@@ -5,12 +5,13 @@ import os
 import numpy as np
 import pytest
 
-from conftest import record, run_module
+from helpers import record, run_module
 from embrag_ext import demo
-from embrag_ext.panel import load_panel
+from embrag_ext.panel_vcf import load_panel
 from embrag_ext.simulate import simulate_cohort
 from embrag_ext.targets import load_targets
-from embrag_ext.vcf_writer import read_imputed, write_imputed_vcf
+from embrag_ext.vcf_io import read_imputed
+from embrag_ext.vcf_writer import write_imputed_vcf
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from conftest import record
+from helpers import record
 from embrag_ext.errors import InputError
-from embrag_ext.panel import load_panel
+from embrag_ext.panel_vcf import load_panel
 from embrag_ext.targets import load_targets
-from embrag_ext.tokens import MASK, MASK_TOKEN, VOCAB_SIZE
+from embrag_ext.tokens import MASK
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -21,10 +21,6 @@ def panel(make_vcf):
         record(500, "T", "G", "1|1", "0|0"),
         record(600, "A", "C", "1|0", "0|0"),
     ], samples=("p1", "p2")))
-
-
-def test_tokens():
-    assert MASK == MASK_TOKEN == 2 and VOCAB_SIZE == 3
 
 
 def test_alignment_flips_drops_masks_and_counts(make_vcf, panel):

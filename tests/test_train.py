@@ -12,7 +12,7 @@ from embrag_ext.dataset import WindowBatches
 from embrag_ext.errors import InputError, run_cli
 from embrag_ext.masking import MaskConfig
 from embrag_ext.tokens import MASK
-from embrag_ext.vcf_writer import read_imputed
+from embrag_ext.vcf_io import read_imputed
 
 TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2", "--k", "4", "--key-flank", "16",
         "--half-width", "4", "--batch-size", "8", "--steps-per-epoch", "3", "--val-fraction", "0.2"]

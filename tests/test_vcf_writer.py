@@ -8,9 +8,10 @@ import pytest
 
 from embrag_ext import vcf_writer
 from embrag_ext.errors import InputError
-from embrag_ext.panel import load_panel
+from embrag_ext.panel_vcf import load_panel
 from embrag_ext.tokens import MASK
-from embrag_ext.vcf_writer import estimated_dosage_r2, read_dosages, read_imputed, write_imputed_vcf
+from embrag_ext.vcf_io import read_imputed
+from embrag_ext.vcf_writer import estimated_dosage_r2, write_imputed_vcf
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -53,11 +54,10 @@ def test_round_trip(out_dir, panel, alt_prob, suffix, index):
     typed = np.arange(panel.n_sites) % 4 == 0
     write_imputed_vcf(out, panel, SAMPLES, alt_prob, typed=typed)
     assert index is None or os.path.exists(out + index)
-    positions, samples, dosage, haplotypes = read_dosages(out)
-    assert positions.tolist() == panel.positions.tolist() and samples == SAMPLES
-    np.testing.assert_allclose(dosage, alt_prob[:, 0::2] + alt_prob[:, 1::2], atol=1.5e-3)
-    np.testing.assert_array_equal(haplotypes, (alt_prob > 0.5).astype(np.uint8))
     calls = read_imputed(out)
+    assert calls.positions.tolist() == panel.positions.tolist() and calls.samples == SAMPLES
+    np.testing.assert_allclose(calls.dosage, alt_prob[:, 0::2] + alt_prob[:, 1::2], atol=1.5e-3)
+    np.testing.assert_array_equal(calls.haplotypes, (alt_prob > 0.5).astype(np.uint8))
     assert calls.phased and calls.imputed.tolist() == (~typed).tolist()
     assert calls.ref.tolist() == panel.ref.tolist() and calls.alt.tolist() == panel.alt.tolist()
     assert sorted(os.listdir(out_dir)) == sorted(["imputed" + suffix] + ([f"imputed{suffix}{index}"] if index else []))
@@ -72,7 +72,8 @@ def test_typed_alleles_are_kept(out_dir, panel, alt_prob):
     given[7] = [1, 1, 1, 1, 1, 1]          # not a typed site: ignored
     out = str(out_dir / "typed.vcf.gz")
     write_imputed_vcf(out, panel, SAMPLES, alt_prob, typed=typed, typed_haplotypes=given)
-    _, _, dosage, haplotypes = read_dosages(out)
+    calls = read_imputed(out)
+    dosage, haplotypes = calls.dosage, calls.haplotypes
     assert haplotypes[0].tolist() == [1, 0, 0, 0, 1, 1] and dosage[0].tolist() == [1, 0, 2]
     assert haplotypes[5, [0, 1, 4, 5]].tolist() == [0, 1, 1, 0]
     np.testing.assert_allclose(dosage[5, 1], alt_prob[5, 2] + alt_prob[5, 3], atol=1.5e-3)

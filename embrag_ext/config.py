@@ -1,0 +1,194 @@
+"""The settings that travel: typed, frozen configs, built once from the
+command line (or a JSON config file) and stored in the checkpoint.
+
+A run is a :class:`RunConfig` of four parts, each read by the stage it names:
+
+- :class:`DataConfig`: which panel, region, windows, validation split;
+- :class:`ModelConfig`: the network (mode, width, layers, ...);
+- :class:`RetrievalConfig`: neighbours per haplotype, key range, index, refresh policy;
+- :class:`TrainConfig`: optimisation, masking, device.
+
+``RunConfig.to_dict()`` is what a checkpoint stores (plain dicts with a
+``version``); :func:`run_config_from_checkpoint` reads it back into the same
+classes, including checkpoints written before configs were typed (they stored
+the argparse options as ``args``). This module imports neither torch nor the
+compiled extension.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from .errors import InputError
+from .masking import MaskConfig
+
+CONFIG_VERSION = 1
+MODES = ("none", "token", "embedding")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The panel and how it is cut: ``panel`` None means the demo cohort."""
+    panel: Optional[str] = None
+    region: Optional[str] = None
+    window: int = 128          # window length in sites
+    overlap: int = 32          # overlap of consecutive windows in sites
+    val_fraction: float = 0.1  # fraction of panel samples held out for validation
+
+    def __post_init__(self):
+        _require(self.window >= 1, f"--window {self.window}: must be >= 1")
+        _require(0 <= self.overlap < self.window,
+                 f"--overlap {self.overlap}: must be >= 0 and smaller than --window {self.window}")
+        _require(0 < self.val_fraction < 1, f"--val-fraction {self.val_fraction}: must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network; ``max_window`` is the number of rows of the position table."""
+    mode: str = "embedding"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    max_window: int = 128
+    af_features: int = 8      # Fourier features of the allele frequency
+    half_width: int = 16      # local-agreement half window of the fusion, in sites
+    alpha_init: float = 8.0   # initial weight of the local-agreement bias
+    beta_init: float = -2.0   # initial weight of the retrieval distance (per mismatching site)
+
+    def __post_init__(self):
+        _require(self.mode in MODES, f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        for name in ("dim", "layers", "heads", "max_window"):
+            _require(getattr(self, name) >= 1, f"--{name} {getattr(self, name)}: must be >= 1")
+        _require(self.dim % self.heads == 0, f"--dim {self.dim}: must be a multiple of --heads {self.heads}")
+        _require(self.af_features >= 2 and self.af_features % 2 == 0,
+                 f"af_features {self.af_features}: must be even and >= 2")
+        _require(self.half_width >= 0, f"--half-width {self.half_width}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Nearest-neighbour retrieval of reference haplotypes (retrieval.py).
+
+    refresh: ``"fixed"`` (option A: keys encoded once, no gradient into the
+    reference side), ``"epoch"`` or a number of steps (option B).
+    """
+    k: int = 8                 # neighbours per haplotype
+    key_flank: int = 768       # sites compared on each side of a window
+    key_decay: float = 128.0   # flank site weight exp(-d / decay); 0: all weigh 1
+    index: str = "Flat"        # FAISS index factory string
+    refresh: str = "epoch"
+
+    def __post_init__(self):
+        _require(self.k >= 1, f"--k {self.k}: must be >= 1")
+        _require(self.key_flank >= 0, f"--key-flank {self.key_flank}: must be >= 0")
+        _require(self.key_decay >= 0, f"--key-decay {self.key_decay}: must be >= 0")
+        self.refresh_every  # validates the refresh policy
+
+    @property
+    def refresh_every(self) -> Optional[int]:
+        """None for 'fixed', 0 for 'epoch', N for every N steps."""
+        if self.refresh == "fixed":
+            return None
+        if self.refresh == "epoch":
+            return 0
+        if str(self.refresh).isdigit() and int(self.refresh) > 0:
+            return int(self.refresh)
+        raise InputError(f"--refresh {self.refresh!r}: expected 'fixed', 'epoch' or a positive number of steps")
+
+    @property
+    def detach_reference(self) -> bool:
+        """Option A: fixed reference encodings get no gradient."""
+        return self.refresh_every is None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, masking and where it runs."""
+    epochs: int = 3
+    steps_per_epoch: int = 250   # batches per epoch drawn from all (window, samples) batches; 0 = all
+    batch_size: int = 16         # samples per batch (2 haplotypes each)
+    lr: float = 3e-3
+    seed: int = 0
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    device: str = "cpu"
+    workers: int = 0             # data-loader worker processes
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            _require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        _require(self.steps_per_epoch >= 0, f"--steps-per-epoch {self.steps_per_epoch}: must be >= 0")
+        _require(self.lr > 0, f"--lr {self.lr}: must be > 0")
+        _require(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
+        _require(self.device in ("cpu", "cuda"), f"--device {self.device!r}: expected cpu or cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run was given; what a checkpoint records."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _require(self.model.max_window >= self.data.window,
+                 f"model position table of {self.model.max_window} rows is shorter than --window {self.data.window}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain, JSON-able dicts with the format version."""
+        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, stored: Dict[str, Any], source: str = "checkpoint") -> "RunConfig":
+        """The config :meth:`to_dict` wrote; InputError naming ``source`` if it cannot be read."""
+        version = stored.get("version")
+        if version != CONFIG_VERSION:
+            raise InputError(f"{source}: config version {version!r} is not the {CONFIG_VERSION} this "
+                             "embrag_ext reads (train the model again with this version)")
+        try:
+            train = dict(stored["train"])
+            train["mask"] = MaskConfig(**{**train["mask"], "ratio_range": tuple(train["mask"]["ratio_range"])})
+            return cls(data=DataConfig(**stored["data"]), model=ModelConfig(**stored["model"]),
+                       retrieval=RetrievalConfig(**stored["retrieval"]), train=TrainConfig(**train))
+        except (KeyError, TypeError) as error:
+            raise InputError(f"{source}: unreadable config ({error})") from None
+
+    def replace(self, **parts) -> "RunConfig":
+        """A copy with some parts replaced, e.g. ``config.replace(train=...)``."""
+        return dataclasses.replace(self, **parts)
+
+
+def run_config_from_checkpoint(checkpoint: Dict[str, Any], source: str) -> RunConfig:
+    """The run's config from a checkpoint: ``config`` (typed-config checkpoints)
+    or, for checkpoints written before, ``args`` + ``model_config``."""
+    if "config" in checkpoint:
+        return RunConfig.from_dict(checkpoint["config"], source)
+    if "args" in checkpoint and "model_config" in checkpoint:
+        return _from_legacy(checkpoint["args"], checkpoint["model_config"], source)
+    raise InputError(f"{source}: not an embrag_ext checkpoint (no config); "
+                     "use the checkpoint.pt that python -m embrag_ext.train writes")
+
+
+def _from_legacy(args: Dict[str, Any], model_config: Dict[str, Any], source: str) -> RunConfig:
+    """A RunConfig from a checkpoint of embrag_ext 0.1 (argparse options as a dict)."""
+    try:
+        return RunConfig(
+            data=DataConfig(panel=args["panel"], region=args["region"], window=args["window"],
+                            overlap=args["overlap"], val_fraction=args["val_fraction"]),
+            model=ModelConfig(**model_config),
+            retrieval=RetrievalConfig(k=args["k"], key_flank=args["key_flank"], key_decay=args["key_decay"],
+                                      index=args["index"], refresh=args["refresh"]),
+            train=TrainConfig(epochs=args["epochs"], steps_per_epoch=args["steps_per_epoch"],
+                              batch_size=args["batch_size"], lr=args["lr"], seed=args["seed"],
+                              mask=MaskConfig(ratio_range=tuple(args["mask_ratio"]),
+                                              sporadic_missing=args["sporadic_missing"]),
+                              device=args["device"], workers=args["workers"]))
+    except (KeyError, TypeError) as error:
+        raise InputError(f"{source}: a checkpoint of an older embrag_ext whose options cannot be read "
+                         f"({error}); train the model again") from None
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)

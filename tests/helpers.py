@@ -1,0 +1,18 @@
+"""Small helpers the tests share (fixtures are in conftest.py)."""
+import subprocess
+import sys
+import tempfile
+
+
+def record(pos, ref, alt, *genotypes, chrom="1", info="."):
+    """One VCF record line with GT genotypes."""
+    return "\t".join([chrom, str(pos), ".", ref, alt, ".", "PASS", info, "GT", *genotypes])
+
+
+def run_module(module, *args):
+    """Run ``python -m embrag_ext.<module> args`` as a user would: against the
+    installed package (from a scratch directory, so that the source tree, which
+    has no compiled extension in a regular install, does not shadow it)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return subprocess.run([sys.executable, "-m", f"embrag_ext.{module}", *map(str, args)],
+                              capture_output=True, text=True, cwd=scratch)
