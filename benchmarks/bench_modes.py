@@ -6,7 +6,7 @@
 
 Every mode trains the same model size on the same batches of the demo cohort
 (``embrag_ext.demo.demo_cohort()``), built by the project's own
-``embrag_ext.train.Trainer`` from ``train.parse_args`` (defaults: the
+``embrag_ext.training.Trainer`` from the training CLI's options (defaults: the
 training CLI's). What is measured, per mode:
 
 - time per training step: building the batch (``WindowBatches[i]``, what the
@@ -41,6 +41,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -48,10 +49,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 import peak_memory as peak_memory_tools
-from embrag_ext import train
-from embrag_ext.model import MODES
+from embrag_ext import train, training
+from embrag_ext.config import MODES
 
-TRAIN_OPTIONS = ("batch_size", "k", "dim", "layers", "heads", "window", "device")  # passed to train.parse_args
+TRAIN_OPTIONS = ("batch_size", "k", "dim", "layers", "heads", "window", "device")  # passed to the training CLI
 MiB = 2 ** 20
 
 
@@ -85,9 +86,10 @@ def train_argv(args: argparse.Namespace, mode: str) -> List[str]:
     return argv
 
 
-def build_trainer(args: argparse.Namespace, mode: str) -> train.Trainer:
+def build_trainer(args: argparse.Namespace, mode: str) -> training.Trainer:
     """A trainer of ``mode`` with its reference keys encoded, as at the start of training."""
-    trainer = train.Trainer(train.parse_args(train_argv(args, mode)))
+    config = train.run_config(train.parse_options(train_argv(args, mode)))
+    trainer = training.Trainer(config, out_dir=tempfile.mkdtemp(prefix="bench_modes-"))
     trainer.refresh("initial encoder")
     return trainer
 
@@ -97,7 +99,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds(trainer: train.Trainer, work: Callable[[], object]) -> float:
+def seconds(trainer: training.Trainer, work: Callable[[], object]) -> float:
     """Wall-clock seconds of ``work()`` (the device synchronised before and after)."""
     synchronize(trainer.device)
     began = time.perf_counter()
@@ -106,12 +108,12 @@ def seconds(trainer: train.Trainer, work: Callable[[], object]) -> float:
     return time.perf_counter() - began
 
 
-def step(trainer: train.Trainer, batch: Dict[str, torch.Tensor]) -> None:
+def step(trainer: training.Trainer, batch: Dict[str, torch.Tensor]) -> None:
     """One training step: retrieval, forward, backward, optimizer step."""
     trainer.train_step(batch)
 
 
-def forward(trainer: train.Trainer, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+def forward(trainer: training.Trainer, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
     """Retrieval, forward and loss of one batch, autograd recording as in training."""
     return trainer.loss(batch).detach()
 
@@ -120,7 +122,7 @@ PASSES = {"step": step, "forward": forward}
 
 
 def time_modes(args: argparse.Namespace,
-               trainers: Dict[str, train.Trainer]) -> Dict[str, Dict[str, List[float]]]:
+               trainers: Dict[str, training.Trainer]) -> Dict[str, Dict[str, List[float]]]:
     """Per mode, the seconds of each timed training step and forward pass, interleaved across modes."""
     batches = {mode: trainer.train_batches() for mode, trainer in trainers.items()}  # the same plan for all
     first_forward = args.warmup + args.steps

@@ -142,7 +142,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, stored: Dict[str, Any], source: str = "checkpoint") -> "RunConfig":
         """The config :meth:`to_dict` wrote; InputError naming ``source`` if it cannot be read."""
-        version = stored.get("version")
+        version = stored.get("version") if isinstance(stored, dict) else None
         if version != CONFIG_VERSION:
             raise InputError(f"{source}: config version {version!r} is not the {CONFIG_VERSION} this "
                              "embrag_ext reads (train the model again with this version)")
@@ -162,7 +162,7 @@ class RunConfig:
 def run_config_from_checkpoint(checkpoint: Dict[str, Any], source: str) -> RunConfig:
     """The run's config from a checkpoint: ``config`` (typed-config checkpoints)
     or, for checkpoints written before, ``args`` + ``model_config``."""
-    if "config" in checkpoint:
+    if checkpoint.get("config") is not None:
         return RunConfig.from_dict(checkpoint["config"], source)
     if "args" in checkpoint and "model_config" in checkpoint:
         return _from_legacy(checkpoint["args"], checkpoint["model_config"], source)

@@ -29,6 +29,7 @@ from .errors import InputError
 from .masking import MaskConfig, array_pattern, rng_for, sporadic_missing
 from .panel import haplotype_columns
 from .tokens import MASK
+from .windows import key_ranges
 
 
 def split_samples(n_samples: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -40,14 +41,6 @@ def split_samples(n_samples: int, val_fraction: float, seed: int) -> Tuple[np.nd
         raise InputError(f"{n_samples} samples: too few to keep {n_val} for validation")
     order = rng_for(seed, 0xDA7A).permutation(n_samples)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def key_ranges(windows: np.ndarray, flank: int, n_sites: int) -> np.ndarray:
-    """int64 [W, 2]: each window widened by ``flank`` sites per side, clipped to [0, n_sites)."""
-    if flank < 0:
-        raise InputError(f"key flank {flank}: must be >= 0")
-    windows = np.asarray(windows, dtype=np.int64)
-    return np.stack([np.maximum(windows[:, 0] - flank, 0), np.minimum(windows[:, 1] + flank, n_sites)], axis=1)
 
 
 class WindowBatches(torch.utils.data.Dataset):

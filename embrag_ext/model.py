@@ -20,7 +20,6 @@ Three modes (seed names in brackets):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -28,32 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .errors import InputError
+from .config import ModelConfig
 from .tokens import MASK, VOCAB_SIZE
 
-MODES = ("none", "token", "embedding")
 N_VARIANT_TYPES = 4
-
-
-@dataclass
-class ModelConfig:
-    mode: str = "embedding"
-    dim: int = 64
-    layers: int = 2
-    heads: int = 4
-    max_window: int = 128     # rows of the position table (window length)
-    af_features: int = 8      # Fourier features of the allele frequency
-    half_width: int = 16      # local-agreement half window of the fusion, in sites
-    alpha_init: float = 8.0   # initial weight of the local-agreement bias
-    beta_init: float = -2.0   # initial weight of the retrieval distance (per mismatching site)
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise InputError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.dim % self.heads or self.dim < 1:
-            raise InputError(f"dim {self.dim} must be a positive multiple of heads {self.heads}")
-        if self.af_features % 2 or self.af_features < 2:
-            raise InputError(f"af_features {self.af_features}: must be even and >= 2")
 
 
 class Sites(NamedTuple):

@@ -37,8 +37,10 @@ import faiss
 import numpy as np
 import torch
 
+from .config import RetrievalConfig
 from .errors import InputError
 from .tokens import ALT, MASK, REF
+from .windows import key_ranges
 
 EncodeFn = Callable[[int], torch.Tensor]  # window -> allele encodings [V, Lk, D] of its key range
 
@@ -48,7 +50,7 @@ class Retriever:
 
     ref_tokens_T: uint8 [H, S] reference haplotypes (rows 2s, 2s + 1 are
         sample s); windows: int64 [W, 2]; key_ranges: int64 [W, 2] the sites
-        compared for each window (dataset.key_ranges); decay: site weight
+        compared for each window (windows.key_ranges); decay: site weight
         scale in sites (0: all sites weigh 1); factory: FAISS index factory string.
     """
 
@@ -137,6 +139,13 @@ class Retriever:
         for got, want in zip(found, exact_ids):
             self.recall_hits += len(np.intersect1d(got[got >= 0], want[want >= 0]))
             self.recall_total += int((want >= 0).sum())
+
+
+def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: np.ndarray) -> Retriever:
+    """The retriever ``config`` describes over reference haplotypes ref_tokens_T uint8 [H, S] and
+    windows int64 [W, 2] (training and imputation build theirs here)."""
+    ranges = key_ranges(windows, config.key_flank, ref_tokens_T.shape[1])
+    return Retriever(ref_tokens_T, windows, ranges, config.k, config.key_decay, config.index)
 
 
 def _check_factory(factory: str) -> None:

@@ -3,7 +3,8 @@
 A window is a ``[start, end)`` range of site indices. ``make_windows`` tiles
 ``n_sites`` sites with windows of exactly ``length`` sites overlapping by
 ``overlap`` sites; the last window is shifted left to end at ``n_sites`` (so it
-may overlap its neighbour by more). ``stitch`` maps per-window values back to
+may overlap its neighbour by more). ``key_ranges`` widens each window by a flank
+(the sites retrieval compares). ``stitch`` maps per-window values back to
 sites, averaging where windows overlap.
 """
 from __future__ import annotations
@@ -33,6 +34,14 @@ def make_windows(n_sites: int, length: int, overlap: int) -> np.ndarray:
     if starts[-1] + length < n_sites:
         starts = np.append(starts, n_sites - length)
     return np.stack([starts, starts + length], axis=1)
+
+
+def key_ranges(windows: np.ndarray, flank: int, n_sites: int) -> np.ndarray:
+    """int64 [W, 2]: each window widened by ``flank`` sites per side, clipped to [0, n_sites)."""
+    if flank < 0:
+        raise InputError(f"key flank {flank}: must be >= 0")
+    windows = np.asarray(windows, dtype=np.int64)
+    return np.stack([np.maximum(windows[:, 0] - flank, 0), np.minimum(windows[:, 1] + flank, n_sites)], axis=1)
 
 
 def stitch(window_values: Sequence[np.ndarray], window_info: np.ndarray, n_sites: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from embrag_ext import evaluate, impute, train
+from embrag_ext import evaluate, impute, train, training
 from embrag_ext.dataset import WindowBatches
 from embrag_ext.errors import InputError, run_cli
 from embrag_ext.masking import MaskConfig
@@ -70,23 +70,24 @@ def test_resume_equals_an_uninterrupted_run(cohort, tmp_path):
 
 def test_refresh_changes_keys_and_fixed_does_not(cohort, tmp_path):
     for refresh, should_change in (("1", True), ("fixed", False)):
-        trainer = train.Trainer(train.parse_args(tiny_args(cohort, tmp_path, "--refresh", refresh)))
+        config = train.run_config(train.parse_options(tiny_args(cohort, tmp_path, "--refresh", refresh)))
+        trainer = training.Trainer(config, str(tmp_path))
         trainer.refresh("initial encoder")
         before = [e.copy() for e in trainer.retriever.encodings]
         trainer.train_epoch()                                   # 3 steps; option B refreshes after each
         changed = any(not np.array_equal(a, b) for a, b in zip(before, trainer.retriever.encodings))
         assert changed == should_change, refresh
-        assert trainer.detach_reference == (not should_change)
+        assert config.retrieval.detach_reference == (not should_change)
 
 
 def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"k": 5, "epochs": 7, "refresh": "fixed"}))
-    args = train.parse_args(["--config", str(config), "--epochs", "3"])
-    assert (args.k, args.epochs, args.refresh_every) == (5, 3, None)
+    run = train.run_config(train.parse_options(["--config", str(config), "--epochs", "3"]))
+    assert (run.retrieval.k, run.train.epochs, run.retrieval.refresh_every) == (5, 3, None)
     config.write_text(json.dumps({"neighbours": 5}))
     with pytest.raises(InputError, match="unknown options neighbours"):
-        train.parse_args(["--config", str(config)])
+        train.parse_options(["--config", str(config)])
 
 
 def test_bad_arguments_exit_2(capsys):
@@ -99,7 +100,7 @@ def test_bad_arguments_exit_2(capsys):
 @pytest.mark.parametrize("content,message", [
     (None, "not a readable embrag_ext checkpoint"),               # missing file
     (b"##fileformat=VCFv4.2\n", "not a readable embrag_ext checkpoint"),
-    ("torch", "not an embrag_ext checkpoint (missing args"),      # a torch file of something else
+    ("torch", "not an embrag_ext checkpoint (missing model"),     # a torch file of something else
 ])
 def test_impute_rejects_a_bad_checkpoint_in_one_line(cohort, tmp_path, capsys, content, message):
     checkpoint, out = tmp_path / "checkpoint.pt", tmp_path / "imputed.vcf.gz"

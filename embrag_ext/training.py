@@ -1,0 +1,226 @@
+"""Training an imputation model from a :class:`~embrag_ext.config.RunConfig`.
+
+Samples are split train/validation BY SAMPLE; the retrieval panel is the
+training samples only (a training query never retrieves its own sample). An
+epoch is ``steps_per_epoch`` batches drawn at random from all (window, sample)
+batches (0: all of them). After each epoch the validation samples are scored
+on their hidden sites (loss, the seed's ALT-F1 rare / common, dosage r2) and
+``checkpoint.pt`` and ``metrics.json`` are written to the output directory.
+On the CPU a run is deterministic given the seed. The command line is train.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, write_checkpoint
+from .config import RunConfig
+from .dataset import WindowBatches, loader, split_samples
+from .demo import demo_cohort
+from .masking import MaskConfig
+from .metrics import hidden_site_scores
+from .model import ImputationModel
+from .panel import haplotype_columns
+from .panel_vcf import load_panel
+from .predict import PanelSites, key_encoder, predict_batch
+from .retrieval import make_retriever
+from .tokens import MASK
+from .windows import make_windows
+
+VALIDATION_SEED_OFFSET = 7919   # validation patterns: fixed, different from training's
+
+
+class TrainData:
+    """The panel split by sample, its windows, and the retrieval panel."""
+
+    def __init__(self, config: RunConfig, device: torch.device):
+        data = config.data
+        self.panel = load_panel(data.panel or demo_cohort()["panel"], region=data.region)
+        self.windows = make_windows(self.panel.n_sites, data.window, data.overlap)    # [W, 2]
+        self.train, self.val = split_samples(len(self.panel.samples), data.val_fraction, config.train.seed)
+        haplotypes_T = self.panel.haplotypes.T                                       # [2N, S]
+        self.ref_tokens_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.train)])  # [H, S]
+        self.val_haplotypes_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.val)])
+        self.ref_tokens = torch.from_numpy(self.ref_tokens_T).to(device)
+        self.sites = PanelSites(self.panel.af, self.panel.variant_type, device)
+
+    def describe(self) -> str:
+        return (f"{self.panel.source}: {self.panel.n_sites} sites, {len(self.windows)} windows, "
+                f"{len(self.train)} training / {len(self.val)} validation samples")
+
+
+class Trainer:
+    """One training run: model, optimizer, retriever, and where it stands (epoch, step)."""
+
+    def __init__(self, config: RunConfig, out_dir: str):
+        self.config, self.out_dir = config, out_dir
+        self.device = torch.device(config.train.device)
+        torch.manual_seed(config.train.seed)
+        self.data = TrainData(config, self.device)
+        self.model = ImputationModel(config.model).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr, weight_decay=0.01)
+        self.retriever = None if config.model.mode == "none" else make_retriever(
+            config.retrieval, self.data.ref_tokens_T, self.data.windows)
+        self.epoch, self.step, self.history = 0, 0, []
+        self.refresh_seconds = 0.0
+
+    def refresh(self, why: str) -> None:
+        """Re-encode the reference keys with the current embedding (logged, timed)."""
+        if self.retriever is None:
+            return
+        data = self.data
+        encode = key_encoder(self.model, data.sites, data.windows, self.retriever.key_ranges)
+        seconds = self.retriever.refresh(encode)
+        self.refresh_seconds += seconds
+        tqdm.write(f"refreshed reference keys of {len(data.windows)} windows ({why}) in {seconds:.3f}s")
+
+    def train_epoch(self) -> float:
+        """One epoch over (window, sample batches); returns the mean loss."""
+        train, refresh_every = self.config.train, self.config.retrieval.refresh_every
+        if self.epoch > 0 and refresh_every == 0:
+            self.refresh(f"epoch {self.epoch + 1}")
+        batches = self.train_batches()
+        n_steps = min(len(batches), train.steps_per_epoch or len(batches))
+        losses = []
+        self.model.train()
+        bar = tqdm(loader(batches, train.workers), total=n_steps, desc=f"epoch {self.epoch + 1}", leave=False)
+        for batch in bar:
+            if len(losses) == n_steps:
+                break
+            if refresh_every and self.step and self.step % refresh_every == 0:
+                self.refresh(f"step {self.step}")
+            loss = self.train_step(batch)
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        bar.close()
+        return float(np.mean(losses))
+
+    def train_batches(self) -> WindowBatches:
+        """The training batches of the current epoch."""
+        train = self.config.train
+        batches = WindowBatches(self.data.ref_tokens_T, self.data.windows, self.config.retrieval.key_flank,
+                                train.batch_size, train.mask, train.seed,
+                                panel_sample=np.arange(len(self.data.train)))
+        batches.set_epoch(self.epoch)
+        return batches
+
+    def loss(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch: retrieval and the forward pass, with autograd."""
+        hap_logits, gt_logits = predict_batch(self.model, batch, self.data.sites, self.retriever,
+                                              self.data.ref_tokens, self.config.retrieval.detach_reference)
+        return masked_loss(hap_logits, gt_logits, batch)
+
+    def train_step(self, batch: Dict[str, torch.Tensor]) -> float:
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, object]:
+        """Loss, ALT-F1 and dosage r2 of the validation samples on their hidden sites.
+
+        Each window is one batch of every validation sample under one fixed
+        array-like pattern (no sporadic missing), the same at every epoch.
+        """
+        data, train = self.data, self.config.train
+        mask = MaskConfig(ratio_range=train.mask.ratio_range, jitter=train.mask.jitter, sporadic_missing=0.0)
+        batches = WindowBatches(data.val_haplotypes_T, data.windows, self.config.retrieval.key_flank,
+                                len(data.val), mask, train.seed + VALIDATION_SEED_OFFSET,
+                                panel_sample=np.full(len(data.val), -1), shuffle=False)
+        self.model.eval()
+        losses, pieces = [], []
+        for batch in tqdm(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):
+            hap_logits, gt_logits = predict_batch(self.model, batch, data.sites, self.retriever, data.ref_tokens)
+            losses.append(float(masked_loss(hap_logits, gt_logits, batch)))
+            pieces.append(hidden_site_predictions(batch, torch.sigmoid(hap_logits.float()).cpu(), data.panel.af))
+        return {"val_loss": float(np.mean(losses)), **hidden_site_scores(pieces)}
+
+    def fit(self) -> List[dict]:
+        if self.epoch == 0 and self.step == 0:
+            self.refresh("initial encoder")
+        for _ in range(self.epoch, self.config.train.epochs):
+            began, self.refresh_seconds = time.perf_counter(), 0.0
+            train_loss = self.train_epoch()
+            record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss, **self.validate(),
+                      "refresh_seconds": self.refresh_seconds, "seconds": time.perf_counter() - began}
+            if self.retriever is not None and self.retriever.recall() is not None:
+                record["recall_at_k"] = self.retriever.recall()
+            self.history.append(record)
+            self.epoch += 1
+            print(epoch_line(record), flush=True)
+            self.save()
+        return self.history
+
+    def save(self) -> None:
+        """checkpoint.pt and metrics.json in the output directory, each written
+        to a temporary file and renamed (an interrupted save never leaves a half-written file)."""
+        data = self.data
+        write_checkpoint(os.path.join(self.out_dir, "checkpoint.pt"), Checkpoint(
+            config=self.config, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            retriever=self.retriever.state_dict() if self.retriever else None,
+            epoch=self.epoch, step=self.step, history=self.history,
+            train_samples=[data.panel.samples[i] for i in data.train],
+            val_samples=[data.panel.samples[i] for i in data.val],
+            windows=data.windows, panel_positions=data.panel.positions))
+        metrics_path = os.path.join(self.out_dir, "metrics.json")
+        with open(metrics_path + ".tmp", "w") as handle:
+            json.dump({"config": self.config.to_dict(), "history": self.history}, handle, indent=1)
+        os.replace(metrics_path + ".tmp", metrics_path)
+
+    def load(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint of this run."""
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.retriever is not None:
+            self.retriever.load_state_dict(checkpoint.retriever)
+        self.epoch, self.step, self.history = checkpoint.epoch, checkpoint.step, checkpoint.history
+
+
+def train(config: RunConfig, out_dir: str, resume: Optional[Checkpoint] = None) -> List[dict]:
+    """Train (or, from ``resume``, continue) the run ``config`` describes;
+    checkpoints and metrics go to ``out_dir``. Returns the per-epoch records."""
+    os.makedirs(out_dir, exist_ok=True)
+    trainer = Trainer(config, out_dir)
+    if resume is not None:
+        trainer.load(resume)
+    print(f"{trainer.data.describe()}; mode {config.model.mode}, refresh {config.retrieval.refresh}; "
+          f"output {out_dir}", flush=True)
+    return trainer.fit()
+
+
+def masked_loss(hap_logits: torch.Tensor, gt_logits: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """BCE of the ALT logits on hidden alleles + 0.5 * genotype CE on sites with a hidden allele."""
+    truth = batch["haplotypes"].to(hap_logits.device).long()                  # [B, 2, L]
+    hidden = (batch["tokens"].to(truth.device) == MASK) & (truth != MASK)    # [B, 2, L]
+    hap_loss = F.binary_cross_entropy_with_logits(hap_logits.float()[hidden], truth[hidden].float())
+    scored = (truth != MASK).all(1) & hidden.any(1)                           # [B, L]
+    gt_loss = F.cross_entropy(gt_logits.float()[scored], truth.sum(1)[scored])
+    return hap_loss + 0.5 * gt_loss
+
+
+def hidden_site_predictions(batch: Dict[str, torch.Tensor], alt_prob: torch.Tensor,
+                            af: np.ndarray) -> Dict[str, np.ndarray]:
+    """Truth and predictions at a validation batch's hidden sites (shared pattern), as numpy
+    (the input of metrics.hidden_site_scores)."""
+    hidden = ~batch["observed"].numpy()                                       # [L]
+    start = int(batch["start"])
+    truth = batch["haplotypes"].numpy()[:, :, hidden]                          # [B, 2, n]
+    prob = alt_prob.numpy()[:, :, hidden]                                     # [B, 2, n]
+    return {"truth": truth, "prob": prob, "af": af[start:start + len(hidden)][hidden]}
+
+
+def epoch_line(record: dict) -> str:
+    recall = f", recall@K {record['recall_at_k']:.3f}" if "recall_at_k" in record else ""
+    return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+            f"ALT-F1 rare {record['alt_f1_rare']:.4f} common {record['alt_f1_common']:.4f}, "
+            f"dosage r2 {record['dosage_r2']:.4f}{recall} ({record['seconds']:.0f}s)")
