@@ -36,6 +36,7 @@ class Checkpoint:
     history: List[dict] = dataclasses.field(default_factory=list)
     train_samples: List[str] = dataclasses.field(default_factory=list)
     val_samples: List[str] = dataclasses.field(default_factory=list)
+    array_positions: Optional[np.ndarray] = None   # int64: the array's sites (array-aware training)
 
 
 def write_checkpoint(path: str, checkpoint: Checkpoint) -> None:

@@ -1,11 +1,12 @@
 """The settings that travel: typed, frozen configs, built once from the
 command line (or a JSON config file) and stored in the checkpoint.
 
-A run is a :class:`RunConfig` of four parts, each read by the stage it names:
+A run is a :class:`RunConfig` of five parts, each read by the stage it names:
 
-- :class:`DataConfig`: which panel, region, windows, validation split;
+- :class:`DataConfig`: which panel, region, windows, genetic map, array, validation split;
+- :class:`CopyConfig`: the copying posterior (templates, context, initial rates);
+- :class:`RetrievalConfig`: neighbours fused per haplotype, FAISS keys, index, refresh policy;
 - :class:`ModelConfig`: the network (mode, width, layers, ...);
-- :class:`RetrievalConfig`: neighbours per haplotype, key range, index, refresh policy;
 - :class:`TrainConfig`: optimisation, masking, device.
 
 ``RunConfig.to_dict()`` is what a checkpoint stores (plain dicts with a
@@ -29,18 +30,53 @@ MODES = ("none", "token", "embedding")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The panel and how it is cut: ``panel`` None means the demo cohort."""
+    """The panel and how it is cut: ``panel`` None means the demo cohort.
+
+    array: a VCF (or a sites file, ``CHROM POS`` per line) of the sites the
+    targets are typed at; training then hides every other site (array-aware
+    training). None: random array-like patterns (TrainConfig.mask).
+    genetic_map: a PLINK map; None means 1 cM per Mb.
+    """
     panel: Optional[str] = None
     region: Optional[str] = None
     window: int = 128          # window length in sites
     overlap: int = 32          # overlap of consecutive windows in sites
     val_fraction: float = 0.1  # fraction of panel samples held out for validation
+    array: Optional[str] = None
+    genetic_map: Optional[str] = None
 
     def __post_init__(self):
         _require(self.window >= 1, f"--window {self.window}: must be >= 1")
         _require(0 <= self.overlap < self.window,
                  f"--overlap {self.overlap}: must be >= 0 and smaller than --window {self.window}")
         _require(0 < self.val_fraction < 1, f"--val-fraction {self.val_fraction}: must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class CopyConfig:
+    """The Li-Stephens copying posterior of each query haplotype over reference
+    templates (copying.py), computed over the observed sites of a context.
+
+    enabled: False gives the seed's design (FAISS neighbours only, no HMM).
+    templates: reference haplotypes per query; 0 = every panel haplotype, else
+        that many, chosen by FAISS retrieval over short sub-windows.
+    context_sites: observed sites on each side of a window that the HMM sees.
+    ne, mismatch: initial effective population size (switch rate
+        0.04 * ne / templates per cM, as Beagle) and mismatch probability;
+        both are learned when learn_rates is True.
+    """
+    enabled: bool = True
+    templates: int = 0
+    context_sites: int = 256
+    ne: float = 100_000.0
+    mismatch: float = 1e-3
+    learn_rates: bool = True
+
+    def __post_init__(self):
+        _require(self.templates >= 0, f"--templates {self.templates}: must be >= 0 (0 = all)")
+        _require(self.context_sites >= 1, f"--context-sites {self.context_sites}: must be >= 1")
+        _require(self.ne > 0, f"--ne {self.ne}: must be > 0")
+        _require(0 < self.mismatch < 0.5, f"--mismatch {self.mismatch}: must be in (0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +104,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """Nearest-neighbour retrieval of reference haplotypes (retrieval.py).
+    """Which reference haplotypes are fused into each query (model.py's fusion).
+
+    k: neighbours fused per haplotype: the k templates of highest copying
+    posterior over the window, or (copying disabled) the k nearest in
+    embedding space. The FAISS keys (key_flank, key_decay, index, refresh)
+    serve that search and the choice of templates (CopyConfig.templates).
 
     refresh: ``"fixed"`` (option A: keys encoded once, no gradient into the
     reference side), ``"epoch"`` or a number of steps (option B).
@@ -127,8 +168,9 @@ class TrainConfig:
 class RunConfig:
     """Everything a training run was given; what a checkpoint records."""
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    copying: CopyConfig = field(default_factory=CopyConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
@@ -149,8 +191,9 @@ class RunConfig:
         try:
             train = dict(stored["train"])
             train["mask"] = MaskConfig(**{**train["mask"], "ratio_range": tuple(train["mask"]["ratio_range"])})
-            return cls(data=DataConfig(**stored["data"]), model=ModelConfig(**stored["model"]),
-                       retrieval=RetrievalConfig(**stored["retrieval"]), train=TrainConfig(**train))
+            return cls(data=DataConfig(**stored["data"]), copying=CopyConfig(**stored["copying"]),
+                       retrieval=RetrievalConfig(**stored["retrieval"]), model=ModelConfig(**stored["model"]),
+                       train=TrainConfig(**train))
         except (KeyError, TypeError) as error:
             raise InputError(f"{source}: unreadable config ({error})") from None
 
@@ -171,11 +214,13 @@ def run_config_from_checkpoint(checkpoint: Dict[str, Any], source: str) -> RunCo
 
 
 def _from_legacy(args: Dict[str, Any], model_config: Dict[str, Any], source: str) -> RunConfig:
-    """A RunConfig from a checkpoint of embrag_ext 0.1 (argparse options as a dict)."""
+    """A RunConfig from a checkpoint of embrag_ext 0.1 (argparse options as a dict;
+    that version had no copying posterior)."""
     try:
         return RunConfig(
             data=DataConfig(panel=args["panel"], region=args["region"], window=args["window"],
                             overlap=args["overlap"], val_fraction=args["val_fraction"]),
+            copying=CopyConfig(enabled=False),
             model=ModelConfig(**model_config),
             retrieval=RetrievalConfig(k=args["k"], key_flank=args["key_flank"], key_decay=args["key_decay"],
                                       index=args["index"], refresh=args["refresh"]),

@@ -1,22 +1,27 @@
-"""Window-grouped batches: a sample's two haplotypes in one window, plus a mask.
+"""Batches: B samples' two haplotypes over one span of sites, plus what they observe.
 
-Every batch holds B samples of ONE window (the fusion's site tables and the
-retrieval index are per window). Retrieval compares haplotypes over a wider
-"key range": the window plus ``flank`` sites on each side (clipped to the
-panel), so the observed pattern is drawn over the key range. Item ``i`` of a :class:`WindowBatches` is a
-batch, a pure function of (seed, epoch, i), so a DataLoader with workers, a
-restart or a resume all see the same batches.
+Every batch holds B samples of ONE span (a window in training; a chunk of
+consecutive windows at inference, whose copying posterior is computed once):
+their true alleles and model tokens over the span, and the observed sites of
+its *context*: the observed sites inside the span and the ``context_sites``
+nearest on each side (the copying HMM and the retrieval keys use only
+observed sites). The observed pattern is fixed (the array's or the targets'
+typed sites) or drawn per batch like an array (masking.py), shared by every
+sample of the batch; each sample may miss a few more observed calls (sporadic
+missingness, MASK tokens). Item ``i`` of a :class:`SpanBatches` is a pure
+function of (seed, epoch, i), so a DataLoader with workers, a restart or a
+resume all see the same batches.
 
 A batch is a dict of tensors:
-    window      int64 []        window index
-    start       int64 []        first site of the window
-    haplotypes  uint8 [B, 2, L] true alleles (MASK where unknown, e.g. untyped targets)
-    tokens      int64 [B, 2, L] model input: the allele where observed, else MASK
-    observed    bool  [L]       the window's shared observed-site pattern
-    key_tokens  int64 [B, 2, Lk] tokens over the key range (retrieval queries)
-    key_observed bool [Lk]      the observed pattern over the key range
-    sample      int64 [B]       row of each sample in the retrieval panel (its
-                                haplotypes are rows 2s, 2s+1), -1 if not in it
+    span            int64 []          span index
+    start           int64 []          first site of the span
+    haplotypes      uint8 [B, 2, Ls]  true alleles (MASK where unknown, e.g. untyped targets)
+    tokens          int64 [B, 2, Ls]  model input: the allele where observed, else MASK
+    observed        bool  [Ls]        the span's shared observed-site pattern
+    context_sites   int64 [M]         panel sites observed in the context (sorted)
+    context_tokens  int64 [B, 2, M]   the query alleles there (MASK where missing)
+    sample          int64 [B]         row of each sample in the retrieval panel (its
+                                      haplotypes are rows 2s, 2s+1), -1 if not in it
 """
 from __future__ import annotations
 
@@ -26,10 +31,9 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .masking import MaskConfig, array_pattern, rng_for, sporadic_missing
+from .masking import MaskConfig, array_pattern, draw_ratio, rng_for, sporadic_missing
 from .panel import haplotype_columns
 from .tokens import MASK
-from .windows import key_ranges
 
 
 def split_samples(n_samples: int, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -43,25 +47,26 @@ def split_samples(n_samples: int, val_fraction: float, seed: int) -> Tuple[np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-class WindowBatches(torch.utils.data.Dataset):
-    """The batches of one epoch over (window, samples).
+class SpanBatches(torch.utils.data.Dataset):
+    """The batches of one epoch over (span, samples).
 
     haplotypes_T: uint8 [2N, S], haplotype rows of the N query samples.
-    windows: int64 [W, 2] site ranges; flank: key-range sites per side. panel_sample: int64 [N], each query
-        sample's row in the retrieval panel (-1 if absent), for self-exclusion.
-    observed_sites: bool [S] fixed observed sites (inference: the typed
-        sites); None draws an array-like pattern per batch from ``mask``.
-    shuffle: shuffle samples within windows and batches across windows per epoch.
+    spans: int64 [G, 2] site ranges; context_sites: observed sites taken on each side of a span.
+    panel_sample: int64 [N], each query sample's row in the retrieval panel (-1 if absent), for
+        self-exclusion.
+    observed_sites: bool [S] fixed observed sites (the array; inference: the
+        typed sites); None draws an array-like pattern per batch from ``mask``.
+    shuffle: shuffle samples within spans and batches across spans per epoch.
     """
 
-    def __init__(self, haplotypes_T: np.ndarray, windows: np.ndarray, flank: int, batch_size: int,
+    def __init__(self, haplotypes_T: np.ndarray, spans: np.ndarray, context_sites: int, batch_size: int,
                  mask: MaskConfig, seed: int, panel_sample: np.ndarray,
                  observed_sites: Optional[np.ndarray] = None, shuffle: bool = True):
         if batch_size < 1:
             raise InputError(f"batch size {batch_size}: must be >= 1")
         self.haplotypes_T = haplotypes_T
-        self.windows = np.asarray(windows, dtype=np.int64)
-        self.key_ranges = key_ranges(windows, flank, haplotypes_T.shape[1])
+        self.spans = np.asarray(spans, dtype=np.int64)
+        self.context_sites = context_sites
         self.batch_size = batch_size
         self.mask = mask
         self.seed = seed
@@ -71,14 +76,14 @@ class WindowBatches(torch.utils.data.Dataset):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Plan the batches of ``epoch``: a list of (window, sample indices)."""
+        """Plan the batches of ``epoch``: a list of (span, sample indices)."""
         self.epoch = epoch
         rng = rng_for(self.seed, epoch, 0xBA7C)
         n_samples = self.haplotypes_T.shape[0] // 2
         plan: List[Tuple[int, np.ndarray]] = []
-        for window in range(len(self.windows)):
+        for span in range(len(self.spans)):
             order = rng.permutation(n_samples) if self.shuffle else np.arange(n_samples)
-            plan += [(window, order[i:i + self.batch_size]) for i in range(0, n_samples, self.batch_size)]
+            plan += [(span, order[i:i + self.batch_size]) for i in range(0, n_samples, self.batch_size)]
         if self.shuffle:
             plan = [plan[i] for i in rng.permutation(len(plan))]
         self.plan = plan
@@ -87,29 +92,46 @@ class WindowBatches(torch.utils.data.Dataset):
         return len(self.plan)
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        window, samples = self.plan[index]
-        start, end = self.windows[window]
-        key_start, key_end = self.key_ranges[window]
+        span, samples = self.plan[index]
+        start, end = (int(x) for x in self.spans[span])
         rng = rng_for(self.seed, self.epoch, index)
-        haplotypes = self.haplotypes_T[haplotype_columns(samples), key_start:key_end]    # [2B, Lk]
-        haplotypes = haplotypes.reshape(len(samples), 2, key_end - key_start)       # [B, 2, Lk]
+        rows = haplotype_columns(samples)
+        B, Ls = len(samples), end - start
+        observed = self._observed_context(start, end, rng)                       # int64 [M]
+        context = self.haplotypes_T[rows][:, observed].reshape(B, 2, -1)         # [B, 2, M]
         if self.observed_sites is None:
-            observed = array_pattern(key_end - key_start, self.mask, rng)           # [Lk]
-            missing = sporadic_missing((len(samples), 1, key_end - key_start), self.mask, rng)
-            seen = observed & ~missing                                                # [B, 1, Lk]
-        else:
-            observed = seen = self.observed_sites[key_start:key_end]
-        tokens = torch.from_numpy(np.where(seen & (haplotypes != MASK), haplotypes, MASK).astype(np.int64))
-        observed = torch.from_numpy(np.ascontiguousarray(observed))
-        haplotypes = torch.from_numpy(np.ascontiguousarray(haplotypes))
-        inside = slice(start - key_start, end - key_start)
-        return {"window": torch.tensor(window), "start": torch.tensor(start),
-                "haplotypes": haplotypes[..., inside].contiguous(), "tokens": tokens[..., inside].contiguous(),
-                "observed": observed[inside].contiguous(), "key_tokens": tokens, "key_observed": observed,
+            context = np.where(sporadic_missing(context.shape, self.mask, rng), MASK, context)
+        inside = (observed >= start) & (observed < end)                          # [M]
+        haplotypes = self.haplotypes_T[rows, start:end].reshape(B, 2, Ls)
+        tokens = np.full((B, 2, Ls), MASK, dtype=np.int64)
+        tokens[..., observed[inside] - start] = context[..., inside]
+        span_observed = np.zeros(Ls, dtype=bool)
+        span_observed[observed[inside] - start] = True
+        return {"span": torch.tensor(span), "start": torch.tensor(start),
+                "haplotypes": torch.from_numpy(np.ascontiguousarray(haplotypes)),
+                "tokens": torch.from_numpy(tokens), "observed": torch.from_numpy(span_observed),
+                "context_sites": torch.from_numpy(observed),
+                "context_tokens": torch.from_numpy(context.astype(np.int64)),
                 "sample": torch.from_numpy(self.panel_sample[samples])}
 
+    def _observed_context(self, start: int, end: int, rng: np.random.Generator) -> np.ndarray:
+        """int64 [M]: the observed sites inside [start, end) and the context_sites nearest on each side."""
+        n_sites = self.haplotypes_T.shape[1]
+        if self.observed_sites is not None:
+            observed = np.flatnonzero(self.observed_sites)
+        else:
+            ratio = draw_ratio(self.mask, rng)
+            pad = int(np.ceil((self.context_sites + 2) / ratio)) + 1
+            low, high = max(0, start - pad), min(n_sites, end + pad)
+            observed = low + np.flatnonzero(array_pattern(high - low, self.mask, rng, ratio))
+        first, last = np.searchsorted(observed, start), np.searchsorted(observed, end)
+        context = observed[max(0, first - self.context_sites):last + self.context_sites]
+        if len(context) == 0:
+            raise InputError(f"sites [{start}, {end}) and their context have no observed site")
+        return context
 
-def loader(batches: WindowBatches, workers: int) -> torch.utils.data.DataLoader:
+
+def loader(batches: SpanBatches, workers: int) -> torch.utils.data.DataLoader:
     """A DataLoader over prepared batches (no re-batching, order kept)."""
     return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
                                        persistent_workers=False)

@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import InputError, run_cli
-from .imputation import check_panel, impute_haplotypes
+from .imputation import check_panel, impute_haplotypes, warn_if_other_array
 from .panel_vcf import load_panel
 from .targets import load_targets
 from .vcf_writer import write_imputed_vcf
@@ -45,6 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     panel = load_panel(args.panel, region=args.region or checkpoint.config.data.region)
     check_panel(panel, checkpoint)
     targets = load_targets(args.targets, panel)
+    warn_if_other_array(checkpoint, panel, targets.typed)
     began = time.perf_counter()
     alt_prob = impute_haplotypes(checkpoint, panel, targets.haplotypes, targets.typed, args.batch_size,
                                  torch.device(args.device))

@@ -12,7 +12,7 @@ of the seed it is given (see :func:`rng_for`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -23,13 +23,15 @@ from .errors import InputError
 class MaskConfig:
     """How observed sites are drawn.
 
-    ratio_range: the fraction of a window's sites that are observed is drawn
-        uniformly from [low, high] for every pattern.
+    ratio_range: the fraction of sites that are observed is drawn
+        log-uniformly from [low, high] for every pattern (a real array types
+        1-5% of a sequenced panel's sites; train with the array itself when
+        you have it: DataConfig.array).
     jitter: each observed site moves by up to this fraction of the spacing
         (0 = perfectly regular, 0.5 = anywhere in its slot).
     sporadic_missing: probability that an observed site is missing for one sample.
     """
-    ratio_range: Tuple[float, float] = (0.05, 0.2)
+    ratio_range: Tuple[float, float] = (0.01, 0.2)
     jitter: float = 0.4
     sporadic_missing: float = 0.02
 
@@ -48,13 +50,21 @@ def rng_for(*keys: int) -> np.random.Generator:
     return np.random.default_rng([int(key) for key in keys])
 
 
-def array_pattern(length: int, config: MaskConfig, rng: np.random.Generator) -> np.ndarray:
-    """bool [length]: a regular-ish observed subset at a ratio drawn from config.
+def draw_ratio(config: MaskConfig, rng: np.random.Generator) -> float:
+    """An observed-site fraction, log-uniform in config.ratio_range (arrays span
+    an order of magnitude of densities; each decade is drawn alike)."""
+    low, high = config.ratio_range
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def array_pattern(length: int, config: MaskConfig, rng: np.random.Generator,
+                  ratio: Optional[float] = None) -> np.ndarray:
+    """bool [length]: a regular-ish observed subset at ``ratio`` (default drawn by :func:`draw_ratio`).
 
     Sites sit one per slot of ``1 / ratio`` sites, at a random phase, each moved
     by a random jitter; at least one site is observed.
     """
-    ratio = rng.uniform(*config.ratio_range)
+    ratio = draw_ratio(config, rng) if ratio is None else ratio
     spacing = 1.0 / ratio
     slots = np.arange(rng.uniform(0, spacing), length, spacing)             # [n]
     slots = slots + rng.uniform(-config.jitter, config.jitter, slots.shape) * spacing

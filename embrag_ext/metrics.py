@@ -166,16 +166,17 @@ def alt_f1(true_haps: np.ndarray, pred_haps: np.ndarray, masked: np.ndarray, maf
 
 
 def hidden_site_scores(pieces: List[Dict[str, np.ndarray]]) -> Dict[str, object]:
-    """ALT-F1 rare/common and dosage r2 (overall and by MAF bin) over the hidden
-    sites of validation batches. Each piece: ``truth`` uint8 [B, 2, n] and
-    ``prob`` float [B, 2, n] (P(ALT)) at its n hidden sites, ``af`` [n]."""
-    true_gt = np.concatenate([p["truth"].sum(1).T for p in pieces])           # [R, B]
-    dosage = np.concatenate([p["prob"].sum(1).T for p in pieces])             # [R, B]
-    af = np.concatenate([p["af"] for p in pieces])                            # [R]
-    maf = np.minimum(af, 1 - af)
-    true_haps = np.concatenate([p["truth"].transpose(2, 0, 1).reshape(len(p["af"]), -1) for p in pieces])
-    pred_haps = np.concatenate([(p["prob"] > 0.5).transpose(2, 0, 1).reshape(len(p["af"]), -1) for p in pieces])
-    f1 = alt_f1(true_haps, pred_haps.astype(np.uint8), True, maf[:, None])
+    """ALT-F1 rare/common and aggregate dosage r2 (overall and by MAF bin) over
+    the hidden sites of validation batches, pooled. Each piece: ``truth`` uint8
+    [B, 2, n] and ``prob`` float [B, 2, n] (P(ALT)) at its n hidden sites,
+    ``af`` [n]; pieces may differ in B and n."""
+    true_gt = np.concatenate([p["truth"].sum(1).T.reshape(-1, 1) for p in pieces])     # [R, 1] genotypes
+    dosage = np.concatenate([p["prob"].sum(1).T.reshape(-1, 1) for p in pieces])       # [R, 1]
+    af = np.concatenate([np.repeat(p["af"], p["truth"].shape[0]) for p in pieces])    # [R]
+    true_haps = np.concatenate([p["truth"].transpose(2, 0, 1).reshape(-1) for p in pieces])   # [2R]
+    pred_haps = np.concatenate([(p["prob"] > 0.5).transpose(2, 0, 1).reshape(-1) for p in pieces])
+    hap_af = np.repeat(af, 2)
+    f1 = alt_f1(true_haps, pred_haps.astype(np.uint8), True, np.minimum(hap_af, 1 - hap_af))
     dosage_r2 = dosage_metrics(true_gt, dosage, af)
     return {"alt_f1_rare": f1["rare"]["f1"], "alt_f1_common": f1["common"]["f1"],
             "dosage_r2": dosage_r2["all"]["aggregate_r2"],

@@ -1,10 +1,17 @@
 """The imputation model: embedding -> retrieval fusion -> transformer -> heads.
 
 Per haplotype of a window (L sites, width D):
-    h = window_embed(tokens, sites)                                   [N, L, D]
+    h = window_embed(tokens, sites) + copy_proj(copy features)       [N, L, D]
     h = h + gate * out(fusion(h, retrieved neighbours))               (modes token, embedding)
     h = transformer blocks(h)                                         (run once)
-    P(ALT) per haplotype = hap_head(h1), hap_head(h2);  genotype = gt_head([h1, h2])
+    ALT logit = logit(HMM P(ALT)) + hap_head(h);  genotype = log HMM prior + gt_head([h1, h2])
+
+With the copying posterior (copying.py; on by default in the retrieval
+modes), the neighbours are the templates the query copies most over the
+window, their log-posterior biases the fusion's softmax, and the heads
+correct the HMM's own prediction (they start at zero, so an untrained model
+is the HMM). Without it (``copying.enabled = False``: the seed's design) the
+neighbours come from FAISS and the heads predict on their own.
 
 Three modes (seed names in brackets):
 - ``none`` [V13]: no retrieval;
@@ -27,10 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .config import ModelConfig
+from .config import CopyConfig, ModelConfig
+from .copying import CopyFeatures, CopyingRates, hmm_logit
 from .tokens import MASK, VOCAB_SIZE
 
 N_VARIANT_TYPES = 4
+N_COPY_FEATURES = 4   # logit(p) / 8, p, largest posterior, normalised entropy
 
 
 class Sites(NamedTuple):
@@ -42,10 +51,12 @@ class Sites(NamedTuple):
 
 class Retrieved(NamedTuple):
     """Neighbours of N query haplotypes: ids int64 [N, K] rows of ref_tokens
-    (-1 none), dist float32 [N, K], ref_tokens uint8 [H, L] (a window slice)."""
+    (-1 none), dist float32 [N, K], ref_tokens uint8 [H, L] (a window slice),
+    bias float32 [N, L, K] the copying posterior's log (None without copying)."""
     ids: torch.Tensor
     dist: torch.Tensor
     ref_tokens: torch.Tensor
+    bias: Optional[torch.Tensor] = None
 
 
 class Embedding(nn.Module):
@@ -107,6 +118,7 @@ class Fusion(nn.Module):
         self.out = nn.Linear(D, D)
         self.gate = nn.Parameter(torch.zeros(D))
         self.beta = nn.Parameter(torch.full((H,), config.beta_init))
+        self.gamma = nn.Parameter(torch.ones(H))   # weight of the copying posterior's log
 
     def residual(self, h: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         return h + torch.sigmoid(self.gate) * self.out(fused.to(h.dtype))
@@ -129,8 +141,9 @@ class EmbeddingFusion(Fusion):
         w_k, w_v = self.w_k.weight.t().float(), self.w_v.weight.t().float()
         fused = ops.rag_fusion(
             self.w_q(h).float().contiguous(), retrieved.ids, retrieved.ref_tokens,
-            tok.float() @ w_k, tok.float() @ w_v, site.float() @ w_k, site.float() @ w_v,
+            tok.float() @ w_k, tok.float() @ w_v, site.float() @ w_v,
             retrieved.dist, self.beta.float(), tokens, tokens != MASK, self.alpha.float(),
+            retrieved.bias, self.gamma.float() if retrieved.bias is not None else None,
             self.heads, self.half_width)
         return self.residual(h, fused)
 
@@ -147,13 +160,15 @@ class TokenFusion(Fusion):
         v = self.w_v(encoded).view(N, K, L, self.heads, dh)
         scores = torch.einsum("nlhd,nklhd->nlhk", q, k) / math.sqrt(dh)
         scores = scores + self.beta[:, None] * retrieved.dist[:, None, None, :].to(scores.dtype)
+        if retrieved.bias is not None:
+            scores = scores + self.gamma[:, None] * retrieved.bias[:, :, None, :].to(scores.dtype)
         valid = (retrieved.ids >= 0)[:, None, None, :]                         # [N, 1, 1, K]
         p = torch.softmax(scores.masked_fill(~valid, torch.finfo(scores.dtype).min), -1) * valid
         return self.residual(h, torch.einsum("nlhk,nklhd->nlhd", p, v).reshape(N, L, D))
 
 
 class ImputationModel(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, copying: CopyConfig):
         super().__init__()
         self.config = config
         self.embedding = Embedding(config)
@@ -163,6 +178,12 @@ class ImputationModel(nn.Module):
         self.fusion = fusions[config.mode](config) if fusions[config.mode] else None
         self.hap_head = nn.Linear(config.dim, 1)
         self.gt_head = nn.Linear(2 * config.dim, 3)
+        self.copying = CopyingRates(copying) if copying.enabled and config.mode != "none" else None
+        if self.copying is not None:
+            self.copy_proj = nn.Linear(N_COPY_FEATURES, config.dim)
+            for head in (self.hap_head, self.gt_head):   # start as the HMM: corrections of zero
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -170,13 +191,16 @@ class ImputationModel(nn.Module):
         return self.norm(h)
 
     def forward(self, tokens: torch.Tensor, sites: Sites, retrieved: Optional[Retrieved] = None,
+                copy: Optional[CopyFeatures] = None,
                 detach_reference: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """tokens int64 [B, 2, L] (h1, h2 of B samples); retrieved for the 2B
-        haplotypes (rows b*2 + j). Returns ALT logits [B, 2, L] and genotype
-        logits [B, L, 3] (0, 1, 2 ALT alleles)."""
+        """tokens int64 [B, 2, L] (h1, h2 of B samples); retrieved and copy for
+        the 2B haplotypes (rows b*2 + j). Returns ALT logits [B, 2, L] and
+        genotype logits [B, L, 3] (0, 1, 2 ALT alleles)."""
         B, _, L = tokens.shape
         flat = tokens.reshape(2 * B, L)
         h = self.embedding(flat, sites)                                        # [2B, L, D]
+        if copy is not None:
+            h = h + self.copy_proj(copy_inputs(copy).to(h.dtype))
         if self.config.mode == "embedding":
             h = self.fusion(h, flat, retrieved, self.embedding, sites, detach_reference)
         elif self.config.mode == "token":
@@ -184,6 +208,10 @@ class ImputationModel(nn.Module):
         h = self.encode(h).view(B, 2, L, -1)                                   # [B, 2, L, D]
         hap_logits = self.hap_head(h).squeeze(-1)                              # [B, 2, L]
         gt_logits = self.gt_head(torch.cat([h[:, 0], h[:, 1]], dim=-1))        # [B, L, 3]
+        if copy is not None:
+            alt_prob = copy.alt_prob.view(B, 2, L)
+            hap_logits = hap_logits + hmm_logit(alt_prob)
+            gt_logits = gt_logits + genotype_log_prior(alt_prob)
         return hap_logits, gt_logits
 
     def _encode_neighbours(self, retrieved: Retrieved, sites: Sites) -> torch.Tensor:
@@ -192,3 +220,15 @@ class ImputationModel(nn.Module):
         neighbours = retrieved.ref_tokens[retrieved.ids.clamp(min=0).reshape(-1)].long()  # [N*K, L]
         encoded = self.encode(self.embedding(neighbours, sites))               # [N*K, L, D]
         return encoded.view(N, K, *encoded.shape[1:])
+
+
+def copy_inputs(copy: CopyFeatures) -> torch.Tensor:
+    """[N, L, N_COPY_FEATURES] model inputs from the copy features."""
+    return torch.cat([hmm_logit(copy.alt_prob)[..., None] / 8, copy.alt_prob[..., None], copy.concentration], -1)
+
+
+def genotype_log_prior(alt_prob: torch.Tensor) -> torch.Tensor:
+    """[B, L, 3] log P(0, 1, 2 ALT alleles) from the two haplotypes' P(ALT) [B, 2, L]."""
+    p = alt_prob.clamp(1e-6, 1 - 1e-6)
+    p1, p2 = p[:, 0], p[:, 1]
+    return torch.log(torch.stack([(1 - p1) * (1 - p2), p1 * (1 - p2) + (1 - p1) * p2, p1 * p2], -1))

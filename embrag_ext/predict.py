@@ -1,13 +1,26 @@
-"""One batch through retrieval and the model (shared by training, validation, imputation)."""
+"""One batch through copying, retrieval and the model (shared by training,
+validation and imputation).
+
+A batch covers one span of sites (dataset.py): a window in training, a chunk
+of windows at inference. Per batch the copying posterior is computed once
+over the span's context; then, per window of the span, the copy features and
+fused neighbours are read off it (copying.py) and the model predicts. With
+copying disabled, the neighbours come from FAISS instead (retrieval.py).
+"""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .config import RunConfig
+from .copying import Context, CopyFeatures, select_templates, window_features
 from .model import ImputationModel, Retrieved, Sites
 from .retrieval import Retriever
+from .tokens import MASK
+
+Logits = Tuple[torch.Tensor, torch.Tensor]   # ALT logits [B, 2, L], genotype logits [B, L, 3]
 
 
 class PanelSites:
@@ -33,6 +46,28 @@ class PanelSites:
         return Sites(pos_ids, self.af[start:end], self.type_ids[start:end])
 
 
+class ReferencePanel:
+    """The retrieval panel's haplotypes on the model's device, in the two
+    layouts the ops read, and the genetic position of every site.
+
+    haplotypes: uint8 [S, H] (rows 2s, 2s + 1 of the haplotype axis are sample s);
+    cm: float64 [S].
+    """
+
+    def __init__(self, haplotypes: np.ndarray, cm: np.ndarray, device: torch.device):
+        self.by_site = torch.from_numpy(np.ascontiguousarray(haplotypes)).to(device)       # [S, H]
+        self.by_haplotype = torch.from_numpy(np.ascontiguousarray(haplotypes.T)).to(device)  # [H, S]
+        self.cm = np.asarray(cm, dtype=np.float64)
+        self.n_haplotypes = int(haplotypes.shape[1])
+
+    def templates(self, query_sample: torch.Tensor) -> torch.Tensor:
+        """int64 [N, H]: every reference haplotype, but a query's own sample's
+        two (query_sample int64 [N], -1 = not in the panel) set to -1."""
+        rows = torch.arange(self.n_haplotypes, device=self.by_site.device)
+        own = (rows[None, :] // 2) == query_sample.to(rows.device)[:, None]
+        return torch.where(own, torch.full_like(rows, -1), rows[None, :].expand_as(own))
+
+
 def key_encoder(model: ImputationModel, sites: PanelSites, windows: np.ndarray,
                 key_ranges: np.ndarray) -> Callable[[int], torch.Tensor]:
     """encode(window) -> the model's allele encodings [V, Lk, D] over the window's key range."""
@@ -43,24 +78,68 @@ def key_encoder(model: ImputationModel, sites: PanelSites, windows: np.ndarray,
     return encode
 
 
-def predict_batch(model: ImputationModel, batch: Dict[str, torch.Tensor], sites: PanelSites,
-                  retriever: Optional[Retriever], ref_tokens: Optional[torch.Tensor],
-                  detach_reference: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ALT logits [B, 2, L] and genotype logits [B, L, 3] of a batch (dataset.py).
+class Predictor:
+    """The model with what it reads besides a batch: panel sites, reference
+    panel, windows, the FAISS retriever (None when copying chooses the neighbours)."""
 
-    ref_tokens: uint8 [H, S] the retrieval panel's haplotypes (rows as in the
-    retriever), on the model's device; unused without a retriever.
-    """
-    device = sites.device
-    start = int(batch["start"])
-    B, _, L = batch["tokens"].shape
-    retrieved = None
-    if retriever is not None:
-        query_sample = batch["sample"].repeat_interleave(2).numpy()           # [2B]
-        key_tokens = batch["key_tokens"].reshape(2 * B, -1).numpy()            # [2B, Lk]
-        ids, dist = retriever.search(int(batch["window"]), batch["key_observed"].numpy(), key_tokens,
-                                     query_sample)
-        retrieved = Retrieved(ids.to(device), dist.to(device), ref_tokens[:, start:start + L])
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        return model(batch["tokens"].to(device), sites.window(start, start + L), retrieved,
-                     detach_reference)
+    def __init__(self, model: ImputationModel, config: RunConfig, sites: PanelSites,
+                 reference: ReferencePanel, windows: np.ndarray, retriever: Optional[Retriever]):
+        self.model, self.config, self.sites = model, config, sites
+        self.reference, self.windows, self.retriever = reference, np.asarray(windows), retriever
+
+    @property
+    def device(self) -> torch.device:
+        return self.sites.device
+
+    def span_logits(self, batch: Dict[str, torch.Tensor], windows: Sequence[int],
+                    detach_reference: bool = False) -> Iterator[Tuple[int, Logits]]:
+        """(window, logits) for each of ``windows`` (inside the batch's span)."""
+        B = batch["tokens"].shape[0]
+        query_sample = batch["sample"].repeat_interleave(2).to(self.device)         # [2B]
+        copying = None
+        if self.model.copying is not None:
+            copying = self._posterior(batch, query_sample)
+        span_start = int(batch["start"])
+        for window in windows:
+            start, end = (int(x) for x in self.windows[window])
+            tokens = batch["tokens"][..., start - span_start:end - span_start].to(self.device)  # [B, 2, L]
+            copy, retrieved = None, None
+            if copying is not None:
+                copy = self._copy_features(copying, start, end)
+                retrieved = Retrieved(copy.ids, -torch.log(copy.mass.clamp_min(1e-9)),
+                                      self.reference.by_haplotype[:, start:end], copy.bias)
+            elif self.retriever is not None:
+                retrieved = self._search(batch, window, query_sample, B)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                yield window, self.model(tokens, self.sites.window(start, end), retrieved, copy, detach_reference)
+
+    def _posterior(self, batch: Dict[str, torch.Tensor], query_sample: torch.Tensor):
+        """(context, templates [N, K], posterior [N, M, K]) of the batch's 2B query haplotypes."""
+        context = Context(batch["context_sites"].numpy(), self.reference.cm)
+        sites = batch["context_sites"].to(self.device)
+        query = batch["context_tokens"].reshape(len(query_sample), -1).to(self.device, torch.uint8)  # [N, M]
+        templates = self.reference.templates(query_sample)                            # [N, H]
+        ref_sites = self.reference.by_site.index_select(0, sites)                      # [M, H]
+        wanted = self.config.copying.templates
+        if 0 < wanted < self.reference.n_haplotypes:
+            templates = select_templates(query, ref_sites, templates, wanted)           # [N, K]
+        return context, templates, self.model.copying(query, templates, ref_sites, context.switch_cm)
+
+    def _copy_features(self, copying, start: int, end: int) -> CopyFeatures:
+        context, templates, posterior = copying
+        return window_features(posterior, templates, self.reference.by_haplotype[:, start:end],
+                               context.interpolation(start, end), self.config.retrieval.k)
+
+    def _search(self, batch: Dict[str, torch.Tensor], window: int, query_sample: torch.Tensor,
+                B: int) -> Retrieved:
+        """FAISS neighbours of the 2B query haplotypes over the window's key range."""
+        key_start, key_end = (int(x) for x in self.retriever.key_ranges[window])
+        sites = batch["context_sites"].numpy()
+        inside = (sites >= key_start) & (sites < key_end)
+        observed = np.zeros(key_end - key_start, dtype=bool)
+        observed[sites[inside] - key_start] = True
+        key_tokens = np.full((2 * B, key_end - key_start), MASK, dtype=np.int64)
+        key_tokens[:, sites[inside] - key_start] = batch["context_tokens"].reshape(2 * B, -1).numpy()[:, inside]
+        ids, dist = self.retriever.search(window, observed, key_tokens, query_sample.cpu().numpy())
+        start, end = (int(x) for x in self.windows[window])
+        return Retrieved(ids.to(self.device), dist.to(self.device), self.reference.by_haplotype[:, start:end])

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import MODES, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig
+from .config import MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig
 from .errors import InputError, run_cli
 from .masking import MaskConfig
 from .training import train
@@ -34,7 +34,8 @@ DEFAULTS = RunConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    data, model, retrieval, training = DEFAULTS.data, DEFAULTS.model, DEFAULTS.retrieval, DEFAULTS.train
+    data, copying, retrieval = DEFAULTS.data, DEFAULTS.copying, DEFAULTS.retrieval
+    model, training = DEFAULTS.model, DEFAULTS.train
     p = argparse.ArgumentParser(prog="python -m embrag_ext.train", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="JSON file of options (keys: option names with underscores)")
     p.add_argument("--panel", help="phased reference panel VCF/BCF (default: the demo cohort)")
@@ -42,12 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=data.window, help="window length in sites")
     p.add_argument("--overlap", type=int, default=data.overlap, help="overlap of consecutive windows in sites")
     p.add_argument("--val-fraction", type=float, default=data.val_fraction, help="fraction of samples held out")
+    p.add_argument("--array", help="the targets' VCF (or a 'CHROM POS' sites file): train with its typed sites "
+                                   "observed and every other site hidden (default: random array-like patterns)")
+    p.add_argument("--map", dest="genetic_map", help="genetic map, PLINK format (default: 1 cM per Mb)")
+    p.add_argument("--copying", choices=("on", "off"), default="on" if copying.enabled else "off",
+                   help="the Li-Stephens copying posterior over reference templates (off: the seed's design)")
+    p.add_argument("--templates", type=int, default=copying.templates,
+                   help="reference haplotypes each query copies from (0: all of the panel)")
+    p.add_argument("--context-sites", type=int, default=copying.context_sites,
+                   help="observed sites on each side of a window that the copying model sees")
+    p.add_argument("--ne", type=float, default=copying.ne, help="initial effective population size (switch rate)")
+    p.add_argument("--mismatch", type=float, default=copying.mismatch, help="initial copying mismatch probability")
+    p.add_argument("--fixed-rates", action="store_true", help="keep --ne and --mismatch fixed (default: learned)")
     p.add_argument("--mode", choices=MODES, default=model.mode)
     p.add_argument("--dim", type=int, default=model.dim)
     p.add_argument("--layers", type=int, default=model.layers)
     p.add_argument("--heads", type=int, default=model.heads)
     p.add_argument("--half-width", type=int, default=model.half_width, help="local-agreement half window (sites)")
-    p.add_argument("--k", type=int, default=retrieval.k, help="neighbours retrieved per haplotype")
+    p.add_argument("--k", type=int, default=retrieval.k, help="neighbours fused per haplotype")
     p.add_argument("--key-flank", type=int, default=retrieval.key_flank,
                    help="retrieval compares the window plus this many sites on each side")
     p.add_argument("--key-decay", type=float, default=retrieval.key_decay,
@@ -100,7 +113,11 @@ def run_config(options: argparse.Namespace) -> RunConfig:
     """The typed config of a run, built once from the options."""
     return RunConfig(
         data=DataConfig(panel=options.panel, region=options.region, window=options.window,
-                        overlap=options.overlap, val_fraction=options.val_fraction),
+                        overlap=options.overlap, val_fraction=options.val_fraction, array=options.array,
+                        genetic_map=options.genetic_map),
+        copying=CopyConfig(enabled=options.copying == "on", templates=options.templates,
+                           context_sites=options.context_sites, ne=options.ne, mismatch=options.mismatch,
+                           learn_rates=not options.fixed_rates),
         model=ModelConfig(mode=options.mode, dim=options.dim, layers=options.layers, heads=options.heads,
                           max_window=options.window, half_width=options.half_width),
         retrieval=RetrievalConfig(k=options.k, key_flank=options.key_flank, key_decay=options.key_decay,

@@ -1,10 +1,13 @@
 """Training an imputation model from a :class:`~embrag_ext.config.RunConfig`.
 
-Samples are split train/validation BY SAMPLE; the retrieval panel is the
-training samples only (a training query never retrieves its own sample). An
-epoch is ``steps_per_epoch`` batches drawn at random from all (window, sample)
-batches (0: all of them). After each epoch the validation samples are scored
-on their hidden sites (loss, the seed's ALT-F1 rare / common, dosage r2) and
+Samples are split train/validation BY SAMPLE; the reference panel is the
+training samples only (a training query never copies from nor retrieves its
+own sample). An epoch is ``steps_per_epoch`` batches drawn at random from all
+(window, sample) batches (0: all of them). Observed sites are the array's
+(``--array``: array-aware training) or array-like patterns drawn per batch.
+After each epoch a fixed sample of validation windows (up to
+``VALIDATION_WINDOWS``, evenly spaced) is scored for every validation sample
+on its hidden sites (loss, the seed's ALT-F1 rare / common, dosage r2) and
 ``checkpoint.pt`` and ``metrics.json`` are written to the output directory.
 On the CPU a run is deterministic given the seed. The command line is train.py.
 """
@@ -20,40 +23,46 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .array_sites import array_sites
 from .checkpoint import Checkpoint, write_checkpoint
 from .config import RunConfig
-from .dataset import WindowBatches, loader, split_samples
+from .dataset import SpanBatches, loader, split_samples
 from .demo import demo_cohort
+from .genetic_map import genetic_positions
 from .masking import MaskConfig
 from .metrics import hidden_site_scores
 from .model import ImputationModel
 from .panel import haplotype_columns
 from .panel_vcf import load_panel
-from .predict import PanelSites, key_encoder, predict_batch
+from .predict import PanelSites, Predictor, ReferencePanel, key_encoder
 from .retrieval import make_retriever
 from .tokens import MASK
 from .windows import make_windows
 
 VALIDATION_SEED_OFFSET = 7919   # validation patterns: fixed, different from training's
+VALIDATION_WINDOWS = 16         # windows scored per validation (evenly spaced): cost follows the budget
 
 
 class TrainData:
-    """The panel split by sample, its windows, and the retrieval panel."""
+    """The panel split by sample, its windows, the array's sites, and the reference panel."""
 
     def __init__(self, config: RunConfig, device: torch.device):
         data = config.data
         self.panel = load_panel(data.panel or demo_cohort()["panel"], region=data.region)
         self.windows = make_windows(self.panel.n_sites, data.window, data.overlap)    # [W, 2]
+        self.array = None if data.array is None else array_sites(data.array, self.panel)  # bool [S]
         self.train, self.val = split_samples(len(self.panel.samples), data.val_fraction, config.train.seed)
         haplotypes_T = self.panel.haplotypes.T                                       # [2N, S]
         self.ref_tokens_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.train)])  # [H, S]
         self.val_haplotypes_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.val)])
-        self.ref_tokens = torch.from_numpy(self.ref_tokens_T).to(device)
+        cm = genetic_positions(self.panel.chrom, self.panel.positions, data.genetic_map)
+        self.reference = ReferencePanel(self.ref_tokens_T.T, cm, device)
         self.sites = PanelSites(self.panel.af, self.panel.variant_type, device)
 
     def describe(self) -> str:
+        array = "" if self.array is None else f", array of {int(self.array.sum())} sites"
         return (f"{self.panel.source}: {self.panel.n_sites} sites, {len(self.windows)} windows, "
-                f"{len(self.train)} training / {len(self.val)} validation samples")
+                f"{len(self.train)} training / {len(self.val)} validation samples{array}")
 
 
 class Trainer:
@@ -64,10 +73,13 @@ class Trainer:
         self.device = torch.device(config.train.device)
         torch.manual_seed(config.train.seed)
         self.data = TrainData(config, self.device)
-        self.model = ImputationModel(config.model).to(self.device)
+        self.model = ImputationModel(config.model, config.copying).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr, weight_decay=0.01)
-        self.retriever = None if config.model.mode == "none" else make_retriever(
-            config.retrieval, self.data.ref_tokens_T, self.data.windows)
+        uses_faiss = config.model.mode != "none" and self.model.copying is None
+        self.retriever = make_retriever(config.retrieval, self.data.ref_tokens_T, self.data.windows) \
+            if uses_faiss else None
+        self.predictor = Predictor(self.model, config, self.data.sites, self.data.reference,
+                                   self.data.windows, self.retriever)
         self.epoch, self.step, self.history = 0, 0, []
         self.refresh_seconds = 0.0
 
@@ -102,19 +114,32 @@ class Trainer:
         bar.close()
         return float(np.mean(losses))
 
-    def train_batches(self) -> WindowBatches:
-        """The training batches of the current epoch."""
+    def train_batches(self) -> SpanBatches:
+        """The training batches of the current epoch (one window each)."""
         train = self.config.train
-        batches = WindowBatches(self.data.ref_tokens_T, self.data.windows, self.config.retrieval.key_flank,
-                                train.batch_size, train.mask, train.seed,
-                                panel_sample=np.arange(len(self.data.train)))
+        batches = SpanBatches(self.data.ref_tokens_T, self.data.windows, self.context_sites,
+                              train.batch_size, train.mask, train.seed,
+                              panel_sample=np.arange(len(self.data.train)), observed_sites=self.data.array)
         batches.set_epoch(self.epoch)
         return batches
 
+    @property
+    def context_sites(self) -> int:
+        """Observed sites on each side of a window that a batch carries: the HMM's context, or
+        (FAISS neighbours) enough to cover the key flank."""
+        if self.model.copying is not None:
+            return self.config.copying.context_sites
+        return max(1, self.config.retrieval.key_flank)
+
+    def logits(self, batch: Dict[str, torch.Tensor], detach_reference: bool = False):
+        """The model's logits for a one-window batch."""
+        window = int(batch["span"])
+        ((_, logits),) = self.predictor.span_logits(batch, [window], detach_reference)
+        return logits
+
     def loss(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The training loss of a batch: retrieval and the forward pass, with autograd."""
-        hap_logits, gt_logits = predict_batch(self.model, batch, self.data.sites, self.retriever,
-                                              self.data.ref_tokens, self.config.retrieval.detach_reference)
+        """The training loss of a batch: copying, retrieval and the forward pass, with autograd."""
+        hap_logits, gt_logits = self.logits(batch, self.config.retrieval.detach_reference)
         return masked_loss(hap_logits, gt_logits, batch)
 
     def train_step(self, batch: Dict[str, torch.Tensor]) -> float:
@@ -129,18 +154,20 @@ class Trainer:
     def validate(self) -> Dict[str, object]:
         """Loss, ALT-F1 and dosage r2 of the validation samples on their hidden sites.
 
-        Each window is one batch of every validation sample under one fixed
-        array-like pattern (no sporadic missing), the same at every epoch.
+        Up to VALIDATION_WINDOWS windows, evenly spaced, each under one fixed
+        pattern (the array's, or array-like without sporadic missing), the same
+        at every epoch; the validation samples in batches of 2 x batch_size.
         """
         data, train = self.data, self.config.train
         mask = MaskConfig(ratio_range=train.mask.ratio_range, jitter=train.mask.jitter, sporadic_missing=0.0)
-        batches = WindowBatches(data.val_haplotypes_T, data.windows, self.config.retrieval.key_flank,
-                                len(data.val), mask, train.seed + VALIDATION_SEED_OFFSET,
-                                panel_sample=np.full(len(data.val), -1), shuffle=False)
+        chosen = np.unique(np.linspace(0, len(data.windows) - 1, VALIDATION_WINDOWS).round().astype(int))
+        batches = SpanBatches(data.val_haplotypes_T, data.windows[chosen], self.context_sites,
+                              2 * train.batch_size, mask, train.seed + VALIDATION_SEED_OFFSET,
+                              panel_sample=np.full(len(data.val), -1), observed_sites=data.array, shuffle=False)
         self.model.eval()
         losses, pieces = [], []
         for batch in tqdm(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):
-            hap_logits, gt_logits = predict_batch(self.model, batch, data.sites, self.retriever, data.ref_tokens)
+            ((_, (hap_logits, gt_logits)),) = self.predictor.span_logits(batch, [int(chosen[int(batch["span"])])])
             losses.append(float(masked_loss(hap_logits, gt_logits, batch)))
             pieces.append(hidden_site_predictions(batch, torch.sigmoid(hap_logits.float()).cpu(), data.panel.af))
         return {"val_loss": float(np.mean(losses)), **hidden_site_scores(pieces)}
@@ -155,6 +182,8 @@ class Trainer:
                       "refresh_seconds": self.refresh_seconds, "seconds": time.perf_counter() - began}
             if self.retriever is not None and self.retriever.recall() is not None:
                 record["recall_at_k"] = self.retriever.recall()
+            if self.model.copying is not None:
+                record["copying"] = self.model.copying.describe()
             self.history.append(record)
             self.epoch += 1
             print(epoch_line(record), flush=True)
@@ -171,7 +200,8 @@ class Trainer:
             epoch=self.epoch, step=self.step, history=self.history,
             train_samples=[data.panel.samples[i] for i in data.train],
             val_samples=[data.panel.samples[i] for i in data.val],
-            windows=data.windows, panel_positions=data.panel.positions))
+            windows=data.windows, panel_positions=data.panel.positions,
+            array_positions=None if data.array is None else data.panel.positions[data.array]))
         metrics_path = os.path.join(self.out_dir, "metrics.json")
         with open(metrics_path + ".tmp", "w") as handle:
             json.dump({"config": self.config.to_dict(), "history": self.history}, handle, indent=1)
@@ -193,8 +223,9 @@ def train(config: RunConfig, out_dir: str, resume: Optional[Checkpoint] = None) 
     trainer = Trainer(config, out_dir)
     if resume is not None:
         trainer.load(resume)
-    print(f"{trainer.data.describe()}; mode {config.model.mode}, refresh {config.retrieval.refresh}; "
-          f"output {out_dir}", flush=True)
+    copying = "off" if trainer.model.copying is None else trainer.model.copying.describe()
+    print(f"{trainer.data.describe()}; mode {config.model.mode}, copying {copying}, "
+          f"refresh {config.retrieval.refresh}; output {out_dir}", flush=True)
     return trainer.fit()
 
 
@@ -221,6 +252,7 @@ def hidden_site_predictions(batch: Dict[str, torch.Tensor], alt_prob: torch.Tens
 
 def epoch_line(record: dict) -> str:
     recall = f", recall@K {record['recall_at_k']:.3f}" if "recall_at_k" in record else ""
+    copying = f", copying {record['copying']}" if "copying" in record else ""
     return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
             f"ALT-F1 rare {record['alt_f1_rare']:.4f} common {record['alt_f1_common']:.4f}, "
-            f"dosage r2 {record['dosage_r2']:.4f}{recall} ({record['seconds']:.0f}s)")
+            f"dosage r2 {record['dosage_r2']:.4f}{recall}{copying} ({record['seconds']:.0f}s)")

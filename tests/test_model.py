@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from embrag_ext.model import EmbeddingFusion, ImputationModel, ModelConfig, Retrieved
+from embrag_ext.config import CopyConfig, ModelConfig
+from embrag_ext.model import EmbeddingFusion, ImputationModel, Retrieved
 from embrag_ext.predict import PanelSites
 from embrag_ext.tokens import MASK
 
@@ -25,7 +26,8 @@ def inputs(seed=0):
 
 def tiny(mode):
     torch.manual_seed(0)
-    return ImputationModel(ModelConfig(mode=mode, dim=16, layers=1, heads=2, max_window=L, half_width=3))
+    return ImputationModel(ModelConfig(mode=mode, dim=16, layers=1, heads=2, max_window=L, half_width=3),
+                           CopyConfig(enabled=False))
 
 
 @pytest.mark.parametrize("mode", ["none", "token", "embedding"])

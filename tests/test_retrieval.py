@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from embrag_ext.panel import haplotype_columns
-from embrag_ext.predict import PanelSites, predict_batch
+from embrag_ext.config import RunConfig
+from embrag_ext.predict import PanelSites, Predictor, ReferencePanel
 from embrag_ext.retrieval import Retriever, site_scales
 from embrag_ext.tokens import MASK
 
@@ -75,17 +76,23 @@ def test_h1_and_h2_retrieve_separately(panel_tokens):
     retriever = make_retriever(panel_tokens)
     sample_tokens = torch.from_numpy(panel_tokens[[10, 25]].astype(np.int64))        # h1 = row 10, h2 = row 25
     tokens = torch.where(torch.from_numpy(OBSERVED), sample_tokens, MASK)[None]       # [1, 2, L]
-    batch = {"window": torch.tensor(0), "start": torch.tensor(0), "tokens": tokens, "key_tokens": tokens,
-             "observed": torch.from_numpy(OBSERVED), "key_observed": torch.from_numpy(OBSERVED),
-             "sample": torch.tensor([-1])}
+    observed_sites = np.flatnonzero(OBSERVED)
+    batch = {"span": torch.tensor(0), "start": torch.tensor(0), "tokens": tokens,
+             "observed": torch.from_numpy(OBSERVED), "context_sites": torch.from_numpy(observed_sites),
+             "context_tokens": sample_tokens[:, observed_sites][None], "sample": torch.tensor([-1])}
     seen = {}
 
-    def model(tokens, sites, retrieved, detach_reference):
-        seen["ids"] = retrieved.ids
-        return None, None
+    class SpyModel:                              # what the predictor calls the model with
+        copying = None
 
-    sites = PanelSites(np.zeros(S, np.float32), np.zeros(S, np.uint8), torch.device("cpu"))
-    predict_batch(model, batch, sites, retriever, torch.from_numpy(panel_tokens))
+        def __call__(self, tokens, sites, retrieved, copy, detach_reference):
+            seen["ids"] = retrieved.ids
+            return None, None
+
+    cpu = torch.device("cpu")
+    predictor = Predictor(SpyModel(), RunConfig(), PanelSites(np.zeros(S, np.float32), np.zeros(S, np.uint8), cpu),
+                          ReferencePanel(panel_tokens.T, np.arange(S) * 1e-3, cpu), np.array([[0, S]]), retriever)
+    list(predictor.span_logits(batch, [0]))
     assert seen["ids"][0, 0] == 10 and seen["ids"][1, 0] == 25
     assert set(seen["ids"][0].tolist()) != set(seen["ids"][1].tolist())
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from embrag_ext import evaluate, impute, train, training
-from embrag_ext.dataset import WindowBatches
+from embrag_ext.dataset import SpanBatches
 from embrag_ext.errors import InputError, run_cli
 from embrag_ext.masking import MaskConfig
 from embrag_ext.tokens import MASK
@@ -19,24 +19,41 @@ TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--l
 
 
 def test_batches_are_deterministic_and_mask_like_an_array():
-    haplotypes_T = (np.random.default_rng(0).random((20, 300)) < 0.3).astype(np.uint8)    # 10 samples
-    windows = np.array([[0, 100], [80, 180], [160, 260], [200, 300]])
-    make = lambda: WindowBatches(haplotypes_T, windows, 50, 4, MaskConfig(ratio_range=(0.1, 0.1)), 5,
-                                 panel_sample=np.arange(10))
+    haplotypes_T = (np.random.default_rng(0).random((20, 3000)) < 0.3).astype(np.uint8)    # 10 samples
+    windows = np.array([[0, 100], [80, 180], [1500, 1600], [2900, 3000]])
+    make = lambda: SpanBatches(haplotypes_T, windows, 20, 4, MaskConfig(ratio_range=(0.1, 0.1)), 5,
+                               panel_sample=np.arange(10))
     first, second = make(), make()
     second.set_epoch(1)
     second.set_epoch(0)
     for index in range(len(first)):
         a, b = first[index], second[index]
         assert all(torch.equal(a[key], b[key]) for key in a)
-    batch = first[2]
-    start, key_start = int(batch["start"]), first.key_ranges[int(batch["window"]), 0]
-    inside = slice(start - key_start, start - key_start + 100)
-    assert torch.equal(batch["tokens"], batch["key_tokens"][..., inside])
-    assert (batch["tokens"][..., ~batch["observed"]] == MASK).all()
-    seen = batch["tokens"][..., batch["observed"]]
-    assert (seen == batch["haplotypes"][..., batch["observed"]].long())[seen != MASK].all()
-    assert 0.05 < batch["key_observed"].float().mean() < 0.15
+    for index in range(len(first)):
+        batch = first[index]
+        start, end = windows[int(batch["span"])]
+        sites = batch["context_sites"].numpy()
+        inside = (sites >= start) & (sites < end)
+        assert (sites[sites < start].size == 20 or start < 400) and (sites[sites >= end].size == 20 or end > 2600)
+        assert np.array_equal(np.flatnonzero(batch["observed"].numpy()) + start, sites[inside])
+        assert (batch["tokens"][..., ~batch["observed"]] == MASK).all()
+        assert torch.equal(batch["tokens"][..., sites[inside] - start], batch["context_tokens"][..., inside])
+        seen = batch["context_tokens"]
+        truth = torch.from_numpy(haplotypes_T[:, sites].reshape(10, 2, -1)[first.plan[index][1]].astype(np.int64))
+        assert (seen == truth)[seen != MASK].all() and (seen == MASK).float().mean() < 0.1
+        assert 0.07 < len(sites) / (sites[-1] - sites[0] + 1) < 0.14
+
+
+def test_array_aware_batches_observe_exactly_the_array():
+    haplotypes_T = (np.random.default_rng(1).random((8, 500)) < 0.3).astype(np.uint8)
+    array = np.zeros(500, dtype=bool)
+    array[::7] = True
+    batches = SpanBatches(haplotypes_T, np.array([[200, 300]]), 5, 4, MaskConfig(), 0,
+                          panel_sample=np.arange(4), observed_sites=array)
+    batch = batches[0]
+    before, inside, after = [168, 175, 182, 189, 196], list(range(203, 300, 7)), [301, 308, 315, 322, 329]
+    assert batch["context_sites"].tolist() == before + inside + after     # 5 observed sites per side
+    assert batch["observed"].numpy().sum() == array[200:300].sum()
 
 
 def tiny_args(cohort, out, *extra):
