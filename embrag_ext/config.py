@@ -94,8 +94,9 @@ class ModelConfig:
 
     def __post_init__(self):
         _require(self.mode in MODES, f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        for name in ("dim", "layers", "heads", "max_window"):
+        for name in ("dim", "heads", "max_window"):
             _require(getattr(self, name) >= 1, f"--{name} {getattr(self, name)}: must be >= 1")
+        _require(self.layers >= 0, f"--layers {self.layers}: must be >= 0 (0: no transformer block)")
         _require(self.dim % self.heads == 0, f"--dim {self.dim}: must be a multiple of --heads {self.heads}")
         _require(self.af_features >= 2 and self.af_features % 2 == 0,
                  f"af_features {self.af_features}: must be even and >= 2")
@@ -156,8 +157,8 @@ class TrainConfig:
     workers: int = 0             # data-loader worker processes
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            _require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        _require(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0 (0: save the untrained model)")
+        _require(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1")
         _require(self.steps_per_epoch >= 0, f"--steps-per-epoch {self.steps_per_epoch}: must be >= 0")
         _require(self.lr > 0, f"--lr {self.lr}: must be > 0")
         _require(self.workers >= 0, f"--workers {self.workers}: must be >= 0")

@@ -129,27 +129,37 @@ def window_features(post: torch.Tensor, templates: torch.Tensor, window_alleles:
     """The copy features of one window (see :class:`CopyFeatures`).
 
     post float [N, M, K] (copy_posterior over the context); templates int64
-    [N, K]; window_alleles uint8 [H, L]: every reference haplotype's alleles
-    at the window's sites; k: templates to fuse.
+    [N, K]: rows of the reference panel, -1 none; with K = H they must be the
+    rows in order (-1 where excluded), as ReferencePanel.templates gives;
+    window_alleles uint8 [H, L]: every reference haplotype's alleles at the
+    window's sites; k: templates to fuse.
     """
     N, _, K = post.shape
     L = window_alleles.shape[1]
     post = post[:, interp.first:interp.last + 1]                               # [N, Mw, K]
     left, right, weight = (t.to(post.device) for t in interp[:3])
-    alleles = window_alleles[templates.clamp(min=0)].to(post.dtype)           # [N, K, L]
-    alt_at = torch.bmm(post, alleles)                                          # [N, Mw, L] P(ALT at l | copy at m)
+    alt_at = _alt_given_copy(post, templates, window_alleles)                  # [N, Mw, L]
     sites = torch.arange(L, device=post.device)
     alt_prob = (1 - weight) * alt_at[:, left, sites] + weight * alt_at[:, right, sites]   # [N, L]
     largest = post.max(-1).values                                              # [N, Mw]
     entropy = -(post * torch.log(post.clamp_min(POSTERIOR_FLOOR))).sum(-1) / math.log(max(K, 2))
     concentration = torch.stack([_lerp(largest, left, right, weight), _lerp(entropy, left, right, weight)], -1)
-    k = min(k, K)
-    mass, top = post.sum(1).topk(k, dim=-1)                                    # [N, k]
-    ids = templates.gather(1, top)
-    chosen = lambda rows: post[:, rows].gather(2, top[:, None, :].expand(N, L, k))  # [N, L, k]
-    bias = torch.log(((1 - weight)[:, None] * chosen(left) + weight[:, None] * chosen(right)).clamp_min(POSTERIOR_FLOOR))
+    mass, top = post.sum(1).topk(min(k, K), dim=-1)                           # [N, k]
+    top_post = post.gather(2, top[:, None, :].expand(-1, post.shape[1], -1))  # [N, Mw, k]
+    bias = torch.log(((1 - weight)[:, None] * top_post[:, left] + weight[:, None] * top_post[:, right])
+                     .clamp_min(POSTERIOR_FLOOR))                              # [N, L, k]
     mass = mass / mass.sum(-1, keepdim=True).clamp_min(POSTERIOR_FLOOR)
-    return CopyFeatures(alt_prob.clamp(0, 1), concentration, ids, mass, bias)
+    return CopyFeatures(alt_prob.clamp(0, 1), concentration, templates.gather(1, top), mass, bias)
+
+
+def _alt_given_copy(post: torch.Tensor, templates: torch.Tensor, window_alleles: torch.Tensor) -> torch.Tensor:
+    """[N, Mw, L]: P(ALT at window site l | the posterior at observed site m).
+    When the templates are the reference rows in order (-1 where excluded, with
+    posterior 0) one matmul with the shared alleles does; else a gather per query."""
+    H = window_alleles.shape[0]
+    if templates.shape[1] == H:
+        return post @ window_alleles.to(post.dtype)                            # [N, Mw, H] @ [H, L]
+    return torch.bmm(post, window_alleles[templates.clamp(min=0)].to(post.dtype))   # [N, K, L] per query
 
 
 def select_templates(query: torch.Tensor, ref_sites: torch.Tensor, candidates: torch.Tensor,

@@ -107,7 +107,8 @@ def evaluate(args, imputed_path: Optional[str] = None) -> Dict[str, object]:
     report = {"truth": args.truth, "imputed": imputed_path, "maf_source": maf_source,
               "n_sites_matched": len(keys), "n_sites_evaluated": int(site_mask.sum()),
               "n_samples": len(truth_columns), "notes": notes,
-              "dosage": dosage_metrics(true_gt, dosage, af, site_mask, called_gt)}
+              "dosage": dosage_metrics(true_gt, dosage, af, site_mask, called_gt,
+                                       None if imputed.estimated_r2 is None else imputed.estimated_r2[imputed_rows])}
     if truth.phased and imputed.phased:
         report["alt_f1"] = alt_f1(true_haps, pred_haps, site_mask[:, None], maf[:, None])
     else:
@@ -129,12 +130,12 @@ def _json_safe(value):
 def format_table(report: Dict[str, object]) -> str:
     """The report as a plain-text table."""
     lines = [f"{'MAF bin':<10}{'sites':>8}{'genotypes':>11}{'r2 (agg)':>10}{'r2 (site)':>11}"
-             f"{'concord':>9}{'NRD':>8}"]
+             f"{'est. r2':>9}{'concord':>9}{'NRD':>8}"]
     rows = report["dosage"]["bins"] + [{"bin": "all", **report["dosage"]["all"]}]
     for row in rows:
         lines.append(f"{row['bin']:<10}{row['n_sites']:>8}{row['n_genotypes']:>11}"
                      f"{row['aggregate_r2']:>10.4f}{row['mean_site_r2']:>11.4f}"
-                     f"{row['concordance']:>9.4f}{row['nrd']:>8.4f}")
+                     f"{row['mean_estimated_r2']:>9.4f}{row['concordance']:>9.4f}{row['nrd']:>8.4f}")
     for group, scores in report.get("alt_f1", {}).items():
         lines.append(f"ALT allele ({group}): precision {scores['precision']:.4f} "
                      f"recall {scores['recall']:.4f} F1 {scores['f1']:.4f}")

@@ -60,7 +60,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def _group_metrics(true_gt: np.ndarray, dosage: np.ndarray, called_gt: np.ndarray,
-                   alt_is_major: np.ndarray) -> Dict[str, float]:
+                   alt_is_major: np.ndarray, estimated_r2: Optional[np.ndarray] = None) -> Dict[str, float]:
     """Metrics over the genotypes of a group of sites (rows of [S, T] arrays)."""
     flip = alt_is_major[:, None]
     minor_truth = np.where(flip, 2 - true_gt, true_gt)
@@ -77,12 +77,23 @@ def _group_metrics(true_gt: np.ndarray, dosage: np.ndarray, called_gt: np.ndarra
         "n_sites_r2_undefined": int((~defined).sum()),
         "concordance": _ratio(matches.sum(), matches.size),
         "nrd": _ratio((~matches & non_ref).sum(), non_ref.sum()),
+        "mean_estimated_r2": _mean(estimated_r2),
     }
+
+
+def _mean(values: Optional[np.ndarray]) -> float:
+    """Mean of the defined values; nan when there are none."""
+    if values is None:
+        return float("nan")
+    values = np.asarray(values, dtype=np.float64)
+    defined = ~np.isnan(values)
+    return float(values[defined].mean()) if defined.any() else float("nan")
 
 
 def dosage_metrics(true_gt: np.ndarray, dosage: np.ndarray, af: np.ndarray,
                    site_mask: Optional[np.ndarray] = None,
-                   called_gt: Optional[np.ndarray] = None) -> Dict[str, object]:
+                   called_gt: Optional[np.ndarray] = None,
+                   estimated_r2: Optional[np.ndarray] = None) -> Dict[str, object]:
     """Dosage and genotype accuracy per MAF bin and over all selected sites.
 
     true_gt: int [S, T] true ALT allele counts (0, 1, 2).
@@ -91,6 +102,9 @@ def dosage_metrics(true_gt: np.ndarray, dosage: np.ndarray, af: np.ndarray,
     site_mask: bool [S] sites to evaluate (e.g. the imputed sites); default all.
     called_gt: int [S, T] imputed hard genotypes (GT allele sum); default
         ``rint(dosage)``.
+    estimated_r2: float [S] the imputation's own estimate of each site's
+        dosage r2 (DR2 / R2); its mean per group is ``mean_estimated_r2``, to
+        set beside ``mean_site_r2`` (is the estimate honest?). nan without it.
 
     Per group of sites: ``aggregate_r2``, the squared correlation of dosage
     with the true count over all genotypes of the group, counting the panel's
@@ -117,9 +131,10 @@ def dosage_metrics(true_gt: np.ndarray, dosage: np.ndarray, af: np.ndarray,
     for index, (low, high) in enumerate(MAF_BINS):
         rows = site_mask & (bins == index)
         results.append({"bin": bin_label(low, high), "maf_low": low, "maf_high": high,
-                        **_group_metrics(true_gt[rows], dosage[rows], called_gt[rows], alt_is_major[rows])})
+                        **_group_metrics(true_gt[rows], dosage[rows], called_gt[rows], alt_is_major[rows],
+                                         None if estimated_r2 is None else estimated_r2[rows])})
     overall = _group_metrics(true_gt[site_mask], dosage[site_mask], called_gt[site_mask],
-                             alt_is_major[site_mask])
+                             alt_is_major[site_mask], None if estimated_r2 is None else estimated_r2[site_mask])
     return {"bins": results, "all": overall}
 
 

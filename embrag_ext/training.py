@@ -173,8 +173,11 @@ class Trainer:
         return {"val_loss": float(np.mean(losses)), **hidden_site_scores(pieces)}
 
     def fit(self) -> List[dict]:
+        """Train the remaining epochs; with none to train, save the model as it is."""
         if self.epoch == 0 and self.step == 0:
             self.refresh("initial encoder")
+        if self.epoch >= self.config.train.epochs:
+            self.save()
         for _ in range(self.epoch, self.config.train.epochs):
             began, self.refresh_seconds = time.perf_counter(), 0.0
             train_loss = self.train_epoch()

@@ -241,13 +241,19 @@ class ImputedCalls:
     haplotypes: np.ndarray  # uint8 [S, 2T] GT alleles
     imputed: Optional[np.ndarray]  # bool [S] INFO/IMP flags; None if the header has no IMP
     phased: bool            # every genotype phased
+    estimated_r2: Optional[np.ndarray] = None  # float32 [S] INFO/DR2 (Beagle) or INFO/R2 (Minimac4)
+
+
+ESTIMATED_R2_FIELDS = ("DR2", "R2")   # the imputation tools' own estimate of each site's dosage r2
 
 
 def read_imputed(path: str) -> ImputedCalls:
     """Read a biallelic, single-contig VCF with complete genotypes."""
     vcf = open_vcf(path)
     has_ds, has_imp = vcf.contains("DS"), vcf.contains("IMP")
+    r2_field = next((name for name in ESTIMATED_R2_FIELDS if vcf.contains(name)), None)
     chroms, positions, refs, alts, dosages, haplotypes, imputed = set(), [], [], [], [], [], []
+    estimated_r2 = []
     phased = True
     for record in iter_records(vcf, path):
         where = f"{path}: record {record.CHROM}:{record.POS}"
@@ -265,10 +271,14 @@ def read_imputed(path: str) -> ImputedCalls:
         haplotypes.append(alleles.reshape(-1).astype(np.uint8))
         dosages.append(record.format("DS")[:, 0] if has_ds else alleles.sum(axis=1))
         imputed.append(bool(record.INFO.get("IMP")))
+        if r2_field is not None:
+            value = record.INFO.get(r2_field)
+            estimated_r2.append(np.nan if value is None else float(value))
     if len(chroms) != 1:
         raise InputError(f"{path}: expected records on one contig, found {len(chroms) or 'none'}")
     return ImputedCalls(chrom=chroms.pop(), positions=np.asarray(positions, dtype=np.int64),
                         ref=np.asarray(refs, dtype=str), alt=np.asarray(alts, dtype=str),
                         samples=list(vcf.samples), dosage=np.asarray(dosages, dtype=np.float32),
                         haplotypes=np.stack(haplotypes),
-                        imputed=np.asarray(imputed, dtype=bool) if has_imp else None, phased=phased)
+                        imputed=np.asarray(imputed, dtype=bool) if has_imp else None, phased=phased,
+                        estimated_r2=np.asarray(estimated_r2, dtype=np.float32) if r2_field else None)

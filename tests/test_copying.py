@@ -39,11 +39,12 @@ def brute_force(post, templates, alleles, interp, k):
     return alt, largest, top
 
 
-def test_window_features_match_brute_force():
+@pytest.mark.parametrize("K", [7, 9], ids=["selected templates", "every reference row"])
+def test_window_features_match_brute_force(K):
     rng = np.random.default_rng(0)
-    N, M, K, H, L = 3, 6, 7, 9, 10
+    N, M, H, L = 3, 6, 9, 10
     post = rng.random((N, M, K))
-    templates = rng.permutation(H)[:K][None].repeat(N, 0)
+    templates = (rng.permutation(H)[:K] if K < H else np.arange(H))[None].repeat(N, 0)
     templates[1, 2] = -1
     post[1, :, 2] = 0                                         # an invalid template has no posterior
     post /= post.sum(-1, keepdims=True)
