@@ -58,4 +58,26 @@ EMBRAG_RAG_FUSION_DECLARE(cuda)
 #endif
 #undef EMBRAG_RAG_FUSION_DECLARE
 
+// ---- copy_posterior ---------------------------------------------------------
+// Li-Stephens copying posterior of each query over its K templates
+// (csrc/kernels/copy_posterior.h). The backward returns the gradients of log_rho
+// and logit_theta.
+
+at::Tensor copy_posterior_cpu(const at::Tensor& query, const at::Tensor& templates,
+                              const at::Tensor& ref_sites, const at::Tensor& switch_cm,
+                              const at::Tensor& log_rho, const at::Tensor& logit_theta);
+std::tuple<at::Tensor, at::Tensor> copy_posterior_backward_cpu(
+    const at::Tensor& grad_post, const at::Tensor& query, const at::Tensor& templates,
+    const at::Tensor& ref_sites, const at::Tensor& switch_cm, const at::Tensor& log_rho,
+    const at::Tensor& logit_theta);
+#ifdef EMBRAG_WITH_CUDA
+at::Tensor copy_posterior_cuda(const at::Tensor& query, const at::Tensor& templates,
+                               const at::Tensor& ref_sites, const at::Tensor& switch_cm,
+                               const at::Tensor& log_rho, const at::Tensor& logit_theta);
+std::tuple<at::Tensor, at::Tensor> copy_posterior_backward_cuda(
+    const at::Tensor& grad_post, const at::Tensor& query, const at::Tensor& templates,
+    const at::Tensor& ref_sites, const at::Tensor& switch_cm, const at::Tensor& log_rho,
+    const at::Tensor& logit_theta);
+#endif
+
 }  // namespace embrag

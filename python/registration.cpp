@@ -21,6 +21,13 @@ TORCH_LIBRARY(embrag, m) {
       "Tensor tok_k, Tensor tok_v, Tensor dist, Tensor beta, Tensor q_tokens, Tensor observed, "
       "Tensor alpha, int n_heads, int half_width) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "copy_posterior(Tensor query, Tensor templates, Tensor ref_sites, Tensor switch_cm, "
+      "Tensor log_rho, Tensor logit_theta) -> Tensor");
+  m.def(
+      "copy_posterior_backward(Tensor grad_post, Tensor query, Tensor templates, "
+      "Tensor ref_sites, Tensor switch_cm, Tensor log_rho, Tensor logit_theta) "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(embrag, CPU, m) {
@@ -28,6 +35,8 @@ TORCH_LIBRARY_IMPL(embrag, CPU, m) {
   m.impl("window_embed_backward", &embrag::window_embed_backward_cpu);
   m.impl("rag_fusion", &embrag::rag_fusion_cpu);
   m.impl("rag_fusion_backward", &embrag::rag_fusion_backward_cpu);
+  m.impl("copy_posterior", &embrag::copy_posterior_cpu);
+  m.impl("copy_posterior_backward", &embrag::copy_posterior_backward_cpu);
 }
 
 #ifdef EMBRAG_WITH_CUDA
@@ -36,5 +45,7 @@ TORCH_LIBRARY_IMPL(embrag, CUDA, m) {
   m.impl("window_embed_backward", &embrag::window_embed_backward_cuda);
   m.impl("rag_fusion", &embrag::rag_fusion_cuda);
   m.impl("rag_fusion_backward", &embrag::rag_fusion_backward_cuda);
+  m.impl("copy_posterior", &embrag::copy_posterior_cuda);
+  m.impl("copy_posterior_backward", &embrag::copy_posterior_backward_cuda);
 }
 #endif
