@@ -90,7 +90,9 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
     groups = chunk_spans(windows, typed, CHUNK_OBSERVED_SITES)
     spans = np.array([[windows[g[0], 0], windows[g[-1], 1]] for g in groups])
     context = config.copying.context_sites if model.copying is not None else max(1, config.retrieval.key_flank)
-    batch_size = min(batch_size, _batch_fitting_posterior(CHUNK_OBSERVED_SITES + 2 * context, panel.n_haplotypes))
+    typed_per_chunk = max(int(typed[start:end].sum()) for start, end in spans)
+    observed = min(int(typed.sum()), typed_per_chunk + 2 * context)           # the largest context
+    batch_size = min(batch_size, _batch_fitting_posterior(observed, panel.n_haplotypes))
     n_targets = target_haplotypes.shape[1] // 2
     batches = SpanBatches(np.ascontiguousarray(target_haplotypes.T), spans, context, batch_size, MaskConfig(),
                           seed=0, panel_sample=np.full(n_targets, -1), observed_sites=typed, shuffle=False)

@@ -143,8 +143,8 @@ class EmbeddingFusion(Fusion):
             self.w_q(h).float().contiguous(), retrieved.ids, retrieved.ref_tokens,
             tok.float() @ w_k, tok.float() @ w_v, site.float() @ w_v,
             retrieved.dist, self.beta.float(), tokens, tokens != MASK, self.alpha.float(),
-            retrieved.bias, self.gamma.float() if retrieved.bias is not None else None,
-            self.heads, self.half_width)
+            self.heads, self.half_width, copy_bias=retrieved.bias,
+            gamma=self.gamma.float() if retrieved.bias is not None else None)
         return self.residual(h, fused)
 
 

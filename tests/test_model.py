@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from embrag_ext.config import CopyConfig, ModelConfig
-from embrag_ext.model import EmbeddingFusion, ImputationModel, Retrieved
+from embrag_ext.copying import CopyFeatures, hmm_logit
+from embrag_ext.model import EmbeddingFusion, ImputationModel, Retrieved, genotype_log_prior
 from embrag_ext.predict import PanelSites
 from embrag_ext.tokens import MASK
 
@@ -74,3 +75,22 @@ def test_fusion_uses_the_neighbours():
     flipped = Retrieved(retrieved.ids, retrieved.dist, 1 - retrieved.ref_tokens)
     after = model.fusion(h, flat, flipped, model.embedding, sites, False)
     assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("mode", ["token", "embedding"])
+def test_an_untrained_model_with_copying_is_the_hmm(mode):
+    """The heads start at zero: before training the model predicts the HMM's own P(ALT)."""
+    tokens, sites, retrieved = inputs()
+    torch.manual_seed(0)
+    model = ImputationModel(ModelConfig(mode=mode, dim=16, layers=1, heads=2, max_window=L, half_width=3),
+                            CopyConfig())
+    gen = torch.Generator().manual_seed(3)
+    alt_prob = torch.rand(2 * B, L, generator=gen)
+    copy = CopyFeatures(alt_prob, torch.rand(2 * B, L, 2, generator=gen), retrieved.ids,
+                        torch.full((2 * B, K), 1 / K), torch.log(torch.rand(2 * B, L, K, generator=gen)))
+    retrieved = Retrieved(retrieved.ids, retrieved.dist, retrieved.ref_tokens, copy.bias)
+    hap_logits, gt_logits = model(tokens, sites, retrieved, copy)
+    torch.testing.assert_close(hap_logits, hmm_logit(alt_prob).view(B, 2, L))
+    torch.testing.assert_close(gt_logits.softmax(-1), genotype_log_prior(alt_prob.view(B, 2, L)).exp())
+    (hap_logits.sum() + gt_logits.sum()).backward()
+    assert model.hap_head.weight.grad.abs().sum() > 0, "the correction is trainable"

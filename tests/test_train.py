@@ -14,8 +14,9 @@ from embrag_ext.masking import MaskConfig
 from embrag_ext.tokens import MASK
 from embrag_ext.vcf_io import read_imputed
 
-TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2", "--k", "4", "--key-flank", "16",
-        "--half-width", "4", "--batch-size", "8", "--steps-per-epoch", "3", "--val-fraction", "0.2"]
+TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2",
+        "--k", "4", "--key-flank", "16", "--context-sites", "12", "--half-width", "4", "--batch-size", "8",
+        "--steps-per-epoch", "3", "--val-fraction", "0.2"]
 
 
 def test_batches_are_deterministic_and_mask_like_an_array():
@@ -66,10 +67,14 @@ def without_timings(history):
                        for record in history], sort_keys=True)
 
 
-@pytest.mark.parametrize("mode,refresh", [("none", "epoch"), ("token", "fixed"), ("embedding", "fixed"),
-                                          ("embedding", "2")])
-def test_each_mode_trains_and_reports(cohort, tmp_path, mode, refresh):
-    history = train.main(tiny_args(cohort, tmp_path, "--mode", mode, "--refresh", refresh))
+@pytest.mark.parametrize("mode,options", [
+    ("none", []), ("token", []), ("embedding", []), ("embedding", ["--templates", "20"]),
+    ("embedding", ["--array", "targets"]), ("token", ["--copying", "off", "--refresh", "fixed"]),
+    ("embedding", ["--copying", "off", "--refresh", "fixed"]), ("embedding", ["--copying", "off", "--refresh", "2"]),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else value)
+def test_each_mode_trains_and_reports(cohort, tmp_path, mode, options):
+    options = [cohort["targets"] if option == "targets" else option for option in options]
+    history = train.main(tiny_args(cohort, tmp_path, "--mode", mode, *options))
     assert len(history) == 2
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     record = metrics["history"][-1]
@@ -87,7 +92,8 @@ def test_resume_equals_an_uninterrupted_run(cohort, tmp_path):
 
 def test_refresh_changes_keys_and_fixed_does_not(cohort, tmp_path):
     for refresh, should_change in (("1", True), ("fixed", False)):
-        config = train.run_config(train.parse_options(tiny_args(cohort, tmp_path, "--refresh", refresh)))
+        config = train.run_config(train.parse_options(tiny_args(cohort, tmp_path, "--refresh", refresh,
+                                                                "--copying", "off")))
         trainer = training.Trainer(config, str(tmp_path))
         trainer.refresh("initial encoder")
         before = [e.copy() for e in trainer.retriever.encodings]
