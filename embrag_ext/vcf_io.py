@@ -4,6 +4,8 @@ htslib (inside cyvcf2) prints its own messages to stderr and sometimes reads a
 corrupt file as if it simply ended. Every reader in the package therefore goes
 through this module, which:
 
+- writes bgzipped text and indexes it with that same htslib: :class:`BgzfWriter`,
+  :func:`build_index`;
 - checks the file before htslib sees it (exists, a VCF/BCF header, a complete
   bgzip stream, unique sample names): :func:`open_vcf`;
 - silences htslib's stderr messages while reading: :func:`quiet_htslib`;
@@ -51,6 +53,38 @@ def quiet_htslib():
         yield
     finally:
         _HTSLIB.hts_set_log_level(previous)
+
+
+_HTSLIB.bgzf_open.restype = ctypes.c_void_p
+_HTSLIB.bgzf_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+_HTSLIB.bgzf_write.restype = ctypes.c_ssize_t
+_HTSLIB.bgzf_write.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+_HTSLIB.bgzf_close.argtypes = [ctypes.c_void_p]
+_HTSLIB.bgzf_mt.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+
+
+class BgzfWriter:
+    """Text written to a bgzip (BGZF) file by htslib, compressed by ``threads`` threads."""
+
+    def __init__(self, path: str, threads: int = 1):
+        self.path = path
+        with quiet_htslib():
+            self._handle = _HTSLIB.bgzf_open(os.fsencode(path), b"w")
+        if not self._handle:
+            raise OSError(f"{path}: htslib cannot open the file for writing")
+        if threads > 1:
+            _HTSLIB.bgzf_mt(self._handle, threads, 256)
+
+    def write(self, text: str) -> None:
+        data = text.encode()
+        if _HTSLIB.bgzf_write(self._handle, data, len(data)) != len(data):
+            raise OSError(f"{self.path}: write failed (disk full?)")
+
+    def close(self) -> None:
+        if self._handle:
+            handle, self._handle = self._handle, None
+            if _HTSLIB.bgzf_close(handle) != 0:
+                raise OSError(f"{self.path}: closing the bgzip stream failed (disk full?)")
 
 
 def build_index(path: str, csi: bool) -> None:
