@@ -10,7 +10,7 @@ from typing import List
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from .progress import progress
 
 from .checkpoint import Checkpoint
 from .dataset import WindowBatches, loader
@@ -56,7 +56,7 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
     per_window: List[List[np.ndarray]] = [[] for _ in windows]
     ref_tokens = torch.from_numpy(ref_tokens_T).to(device)
     with torch.no_grad():
-        for batch in tqdm(loader(batches, 0), total=len(batches), desc="imputing"):
+        for batch in progress(loader(batches, 0), total=len(batches), desc="imputing"):
             hap_logits, _ = predict_batch(model, batch, sites, retriever, ref_tokens)
             prob = torch.sigmoid(hap_logits.float()).cpu().numpy()               # [B, 2, L]
             per_window[int(batch["window"])].append(prob.reshape(-1, prob.shape[-1]).T)  # [L, 2B]

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from .progress import note, progress
 
 from .checkpoint import Checkpoint, write_checkpoint
 from .config import RunConfig
@@ -79,7 +79,7 @@ class Trainer:
         encode = key_encoder(self.model, data.sites, data.windows, self.retriever.key_ranges)
         seconds = self.retriever.refresh(encode)
         self.refresh_seconds += seconds
-        tqdm.write(f"refreshed reference keys of {len(data.windows)} windows ({why}) in {seconds:.3f}s")
+        note(f"refreshed reference keys of {len(data.windows)} windows ({why}) in {seconds:.3f}s")
 
     def train_epoch(self) -> float:
         """One epoch over (window, sample batches); returns the mean loss."""
@@ -90,7 +90,7 @@ class Trainer:
         n_steps = min(len(batches), train.steps_per_epoch or len(batches))
         losses = []
         self.model.train()
-        bar = tqdm(loader(batches, train.workers), total=n_steps, desc=f"epoch {self.epoch + 1}", leave=False)
+        bar = progress(loader(batches, train.workers), total=n_steps, desc=f"epoch {self.epoch + 1}", leave=False)
         for batch in bar:
             if len(losses) == n_steps:
                 break
@@ -139,7 +139,7 @@ class Trainer:
                                 panel_sample=np.full(len(data.val), -1), shuffle=False)
         self.model.eval()
         losses, pieces = [], []
-        for batch in tqdm(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):
+        for batch in progress(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):
             hap_logits, gt_logits = predict_batch(self.model, batch, data.sites, self.retriever, data.ref_tokens)
             losses.append(float(masked_loss(hap_logits, gt_logits, batch)))
             pieces.append(hidden_site_predictions(batch, torch.sigmoid(hap_logits.float()).cpu(), data.panel.af))
