@@ -221,5 +221,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     return reports[0]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``embrag-evaluate`` (the same as ``python -m embrag_ext.evaluate``)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

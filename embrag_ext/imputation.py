@@ -47,7 +47,7 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
     ref_tokens_T = np.ascontiguousarray(panel.haplotypes.T)                      # [H, S]
     retriever = None
     if checkpoint.retriever is not None:
-        retriever = make_retriever(config.retrieval, ref_tokens_T, windows)
+        retriever = make_retriever(config.retrieval, ref_tokens_T, windows, panel.present_haplotypes())
         retriever.load_state_dict(checkpoint.retriever)
     n_targets = target_haplotypes.shape[1] // 2
     batches = WindowBatches(np.ascontiguousarray(target_haplotypes.T), windows, config.retrieval.key_flank,

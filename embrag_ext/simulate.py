@@ -12,7 +12,11 @@ are shuffled with the seed and split into panel and targets, and it writes:
 - ``DIR/truth.vcf.gz``: target samples (``target_0001``...), all panel sites;
 - ``DIR/targets.vcf.gz``: target samples at one site in ``--array-every``.
 
-All files are bgzipped, indexed and deterministic for a given ``--seed``.
+``--haploid-fraction F`` makes a fraction F of the samples (panel and
+targets alike, chosen with the seed) haploid, as males are on chrX outside
+the pseudo-autosomal regions: they keep their first simulated haplotype and
+are written haploid (GT ``0``/``1``); ``--chrom X`` names the contig. All
+files are bgzipped, indexed and deterministic for a given ``--seed``.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import numpy as np
 
 from .errors import InputError, run_cli
 from .panel import haplotype_columns
+from .tokens import MASK
 from .vcf_writer import write_phased_vcf
 
 CHROM = "1"
@@ -85,32 +90,31 @@ def simulate_sites(n_samples: int, length: int, seed: int, model: str = "constan
 
 def simulate_cohort(out_dir: str, seed: int = 1, n_panel: int = 500, n_target: int = 50,
                     length: int = 1_000_000, array_every: int = 10,
-                    model: str = "constant") -> Dict[str, str]:
+                    model: str = "constant", haploid_fraction: float = 0.0, chrom: str = CHROM) -> Dict[str, str]:
     """Simulate and write ``panel.vcf.gz``, ``truth.vcf.gz`` and ``targets.vcf.gz``
     in ``out_dir`` (see module doc). Returns ``{"panel", "truth", "targets": path}``."""
-    _check_arguments(n_panel, n_target, length, array_every, model)
+    _check_arguments(n_panel, n_target, length, array_every, model, haploid_fraction)
     sites = simulate_sites(n_panel + n_target, length, seed, model)
     if len(sites.positions) == 0:
         raise InputError(f"--length {length}: the simulation produced no sites; use a longer region")
-    order = np.random.default_rng(seed).permutation(n_panel + n_target)
-    panel_columns = haplotype_columns(order[:n_panel])
-    target_columns = haplotype_columns(order[n_panel:])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_panel + n_target)
+    ploidy = np.where(rng.random(n_panel + n_target) < haploid_fraction, 1, 2).astype(np.uint8)
+    sites.haplotypes[:, 1::2][:, ploidy == 1] = MASK
     array_sites = np.arange(0, len(sites.positions), array_every)
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, f"{name}.vcf.gz") for name in ("panel", "truth", "targets")}
-    panel_names = [f"panel_{i:04d}" for i in range(1, n_panel + 1)]
-    target_names = [f"target_{i:04d}" for i in range(1, n_target + 1)]
-    write_phased_vcf(paths["panel"], CHROM, sites.positions, sites.ref, sites.alt, panel_names,
-                     sites.haplotypes[:, panel_columns])
-    write_phased_vcf(paths["truth"], CHROM, sites.positions, sites.ref, sites.alt, target_names,
-                     sites.haplotypes[:, target_columns])
-    write_phased_vcf(paths["targets"], CHROM, sites.positions[array_sites], sites.ref[array_sites],
-                     sites.alt[array_sites], target_names,
-                     sites.haplotypes[np.ix_(array_sites, target_columns)])
+    groups = {"panel": (order[:n_panel], "panel", slice(None)), "truth": (order[n_panel:], "target", slice(None)),
+              "targets": (order[n_panel:], "target", array_sites)}
+    for name, (individuals, prefix, rows) in groups.items():
+        names = [f"{prefix}_{i:04d}" for i in range(1, len(individuals) + 1)]
+        write_phased_vcf(paths[name], chrom, sites.positions[rows], sites.ref[rows], sites.alt[rows], names,
+                         sites.haplotypes[rows][:, haplotype_columns(individuals)], ploidy=ploidy[individuals])
     return paths
 
 
-def _check_arguments(n_panel: int, n_target: int, length: int, array_every: int, model: str) -> None:
+def _check_arguments(n_panel: int, n_target: int, length: int, array_every: int, model: str,
+                     haploid_fraction: float) -> None:
     checks = (("--n-panel", n_panel, n_panel >= 1), ("--n-target", n_target, n_target >= 1),
               ("--length", length, length >= 1000), ("--array-every", array_every, array_every >= 1))
     for name, value, ok in checks:
@@ -119,6 +123,8 @@ def _check_arguments(n_panel: int, n_target: int, length: int, array_every: int,
                              f"{1000 if name == '--length' else 1})")
     if model not in MODELS:
         raise InputError(f"--model {model}: expected one of {', '.join(MODELS)}")
+    if not 0 <= haploid_fraction <= 1:
+        raise InputError(f"--haploid-fraction {haploid_fraction}: must be in [0, 1]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
@@ -130,13 +136,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
     parser.add_argument("--length", type=int, default=1_000_000, help="region length in bp")
     parser.add_argument("--array-every", type=int, default=10, help="targets keep one site in N")
     parser.add_argument("--model", choices=MODELS, default="constant")
+    parser.add_argument("--haploid-fraction", type=float, default=0.0,
+                        help="fraction of samples made haploid (chrX-like males)")
+    parser.add_argument("--chrom", default=CHROM, help="contig name (e.g. X)")
     args = parser.parse_args(argv)
     paths = simulate_cohort(args.out, seed=args.seed, n_panel=args.n_panel, n_target=args.n_target,
-                            length=args.length, array_every=args.array_every, model=args.model)
+                            length=args.length, array_every=args.array_every, model=args.model,
+                            haploid_fraction=args.haploid_fraction, chrom=args.chrom)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return paths
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``embrag-simulate`` (the same as ``python -m embrag_ext.simulate``)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -42,11 +42,12 @@ class TrainData:
 
     def __init__(self, config: RunConfig, device: torch.device):
         data = config.data
-        self.panel = load_panel(data.panel or demo_cohort()["panel"], region=data.region)
+        self.panel = load_panel(data.panel or demo_cohort()["panel"], **data.panel_options())
         self.windows = make_windows(self.panel.n_sites, data.window, data.overlap)    # [W, 2]
         self.train, self.val = split_samples(len(self.panel.samples), data.val_fraction, config.train.seed)
         haplotypes_T = self.panel.haplotypes.T                                       # [2N, S]
         self.ref_tokens_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.train)])  # [H, S]
+        self.ref_present = self.panel.present_haplotypes()[haplotype_columns(self.train)]   # [H] (haploid: 2nd absent)
         self.val_haplotypes_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.val)])
         self.ref_tokens = torch.from_numpy(self.ref_tokens_T).to(device)
         self.sites = PanelSites(self.panel.af, self.panel.variant_type, device)
@@ -67,7 +68,7 @@ class Trainer:
         self.model = ImputationModel(config.model).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr, weight_decay=0.01)
         self.retriever = None if config.model.mode == "none" else make_retriever(
-            config.retrieval, self.data.ref_tokens_T, self.data.windows)
+            config.retrieval, self.data.ref_tokens_T, self.data.windows, self.data.ref_present)
         self.epoch, self.step, self.history = 0, 0, []
         self.refresh_seconds = 0.0
 

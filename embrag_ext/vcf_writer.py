@@ -323,51 +323,82 @@ def site_filter(typed: np.ndarray, dr2: np.ndarray, positions: np.ndarray, min_d
     return status
 
 
-def write_imputed_vcf(out_path: str, panel, sample_names: Sequence[str], alt_prob: np.ndarray,
-                      typed: Optional[np.ndarray] = None, typed_haplotypes: Optional[np.ndarray] = None,
-                      ploidy: Optional[np.ndarray] = None, status: Optional[np.ndarray] = None,
-                      threads: int = 1) -> SiteQuality:
-    """Write imputed genotypes of T target samples at the panel's sites.
+@dataclass
+class ImputedSites:
+    """What an imputed VCF holds, ready to write: per-haplotype P(ALT) as
+    written, the per-site quality and each site's filter status."""
+    quantized: np.ndarray   # int64 [S, 2T]: P(ALT) in thousandths, typed alleles as given
+    quality: SiteQuality
+    status: np.ndarray      # str [S]: PASS (written), DR2<x or OUTSIDE_SPAN (site_filter)
+    typed: np.ndarray       # bool [S]
+    ploidy: np.ndarray      # uint8 [T]
+
+
+def imputed_sites(panel, alt_prob: np.ndarray, typed: Optional[np.ndarray] = None,
+                  typed_haplotypes: Optional[np.ndarray] = None, ploidy: Optional[np.ndarray] = None,
+                  min_dr2: float = 0.0, impute_span: Optional[Tuple[int, int]] = None) -> ImputedSites:
+    """The :class:`ImputedSites` of T target samples at the panel's S sites.
 
     alt_prob: float [S, 2T], P(ALT) per haplotype (columns sample0-hap1,
-        sample0-hap2, ...) at each of the panel's S sites.
+        sample0-hap2, ...).
     typed: bool [S], typed sites (INFO/TYPED; the others get IMP). Default: none.
     typed_haplotypes: uint8 [S, 2T] target alleles (0/1; MASK = 2 for
-        missing): at typed sites the given alleles are written as they are
-        (hard GT, DS, GP).
+        missing): at typed sites the given alleles are written as they are.
     ploidy: uint8 [T] (default all 2): haploid samples are written haploid
         from their first column.
-    status: str [S] from :func:`site_filter`; only PASS sites are written
-        (default: every site).
-    GT allele = P(ALT) > 0.5; DS = p1 + p2; GP = ((1-p1)(1-p2), p1(1-p2) + (1-p1)p2, p1 p2);
-    INFO AF = mean P(ALT) over haplotypes, DR2 = :func:`_dosage_r2`. Returns
-    the :class:`SiteQuality` of every site (written or not).
+    min_dr2, impute_span: which imputed sites are written (:func:`site_filter`;
+        default: every site).
     """
     alt_prob = np.asarray(alt_prob, dtype=np.float32)
-    if alt_prob.shape != (panel.n_sites, 2 * len(sample_names)):
-        raise ValueError(f"alt_prob shape {alt_prob.shape} != (panel sites {panel.n_sites}, "
-                         f"2 * samples {2 * len(sample_names)})")
+    n_samples = alt_prob.shape[1] // 2
+    if alt_prob.shape != (panel.n_sites, 2 * n_samples):
+        raise ValueError(f"alt_prob shape {alt_prob.shape} != (panel sites {panel.n_sites}, 2 * samples)")
     typed = np.zeros(panel.n_sites, dtype=bool) if typed is None else np.asarray(typed, dtype=bool)
-    ploidy = np.full(len(sample_names), 2, dtype=np.uint8) if ploidy is None else np.asarray(ploidy)
+    ploidy = np.full(n_samples, 2, dtype=np.uint8) if ploidy is None else np.asarray(ploidy)
     quantized = quantize(typed_probabilities(alt_prob, typed, typed_haplotypes))   # [S, 2T]
     quality = site_quality(quantized / SCALE, ploidy)
-    written = np.ones(panel.n_sites, dtype=bool) if status is None else np.asarray(status) == "PASS"
+    status = site_filter(typed, quality.dr2, panel.positions, min_dr2, impute_span)
+    return ImputedSites(quantized=quantized, quality=quality, status=status, typed=typed, ploidy=ploidy)
+
+
+def write_imputed_sites(out_path: str, panel, sample_names: Sequence[str], sites: ImputedSites,
+                        threads: int = 1) -> None:
+    """Write the PASS sites of ``sites`` (GT allele = P(ALT) > 0.5; DS = p1 + p2;
+    GP = ((1-p1)(1-p2), p1(1-p2) + (1-p1)p2, p1 p2); INFO AF = mean P(ALT)
+    over haplotypes, DR2 = :func:`_dosage_r2`)."""
+    if sites.quantized.shape[1] != 2 * len(sample_names):
+        raise ValueError(f"alt_prob shape {sites.quantized.shape} != (panel sites {panel.n_sites}, "
+                         f"2 * samples {2 * len(sample_names)})")
+    quality = sites.quality
     info = [f"AF={af:.4g};DR2={dr2:.2f};{'TYPED' if is_typed else 'IMP'}"
-            for af, dr2, is_typed in zip(quality.alt_freq.tolist(), quality.dr2.tolist(), typed.tolist())]
+            for af, dr2, is_typed in zip(quality.alt_freq.tolist(), quality.dr2.tolist(), sites.typed.tolist())]
     fields = _SampleFields()
     header = _header(panel.chrom, sample_names, _IMPUTED_HEADER_LINES)
-    sites = np.flatnonzero(written)
+    written = np.flatnonzero(sites.status == "PASS")
     with _vcf_writer(out_path, header, threads) as sink:
-        for start in range(0, len(sites), _CHUNK):
-            part = sites[start:start + _CHUNK]
+        for start in range(0, len(written), _CHUNK):
+            part = written[start:start + _CHUNK]
             sink.write_lines(_record_lines(panel.chrom, panel.positions[part], panel.ref[part], panel.alt[part],
                                            [info[site] for site in part], "GT:DS:GP",
-                                           _sample_columns(quantized[part], ploidy, fields)))
-    return quality
+                                           _sample_columns(sites.quantized[part], sites.ploidy, fields)))
 
 
-def info_file_text(panel, quality: SiteQuality, typed: np.ndarray, status: np.ndarray) -> str:
+def write_imputed_vcf(out_path: str, panel, sample_names: Sequence[str], alt_prob: np.ndarray,
+                      typed: Optional[np.ndarray] = None, typed_haplotypes: Optional[np.ndarray] = None,
+                      ploidy: Optional[np.ndarray] = None, min_dr2: float = 0.0,
+                      impute_span: Optional[Tuple[int, int]] = None, threads: int = 1) -> ImputedSites:
+    """:func:`imputed_sites` then :func:`write_imputed_sites`; returns the sites."""
+    if np.shape(alt_prob)[1] != 2 * len(sample_names):
+        raise ValueError(f"alt_prob shape {np.shape(alt_prob)} != (panel sites {panel.n_sites}, "
+                         f"2 * samples {2 * len(sample_names)})")
+    sites = imputed_sites(panel, alt_prob, typed, typed_haplotypes, ploidy, min_dr2, impute_span)
+    write_imputed_sites(out_path, panel, sample_names, sites, threads)
+    return sites
+
+
+def info_file_text(panel, sites: ImputedSites) -> str:
     """The Minimac-style info table (module doc), one row per panel site."""
+    quality, status = sites.quality, sites.status
     rows = ["\t".join(INFO_COLUMNS)]
     maf = np.minimum(quality.alt_freq, 1 - quality.alt_freq)
     for site in range(panel.n_sites):
@@ -380,7 +411,7 @@ def info_file_text(panel, quality: SiteQuality, typed: np.ndarray, status: np.nd
                       f"{quality.rsq[site]:.5f}"]
             dr2 = f"{quality.dr2[site]:.2f}"
         rows.append("\t".join([snp, panel.ref[site], panel.alt[site], *values,
-                               "Genotyped" if typed[site] else "Imputed", dr2, status[site]]))
+                               "Genotyped" if sites.typed[site] else "Imputed", dr2, status[site]]))
     return "\n".join(rows) + "\n"
 
 

@@ -1,13 +1,11 @@
 """Progress output: bars on a terminal, one line per stage when redirected."""
 import pytest
 
-from helpers import run_module
+from helpers import TINY_TRAINING, run_module
 from embrag_ext import progress as progress_module
 from embrag_ext.progress import note, progress
 
-TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2",
-        "--k", "4", "--key-flank", "16", "--half-width", "4", "--batch-size", "8", "--steps-per-epoch", "3",
-        "--val-fraction", "0.2"]
+TINY = TINY_TRAINING
 
 
 def test_redirected_progress_writes_one_line_per_kept_bar(monkeypatch, capsys):

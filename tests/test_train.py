@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_TRAINING
 from embrag_ext import evaluate, impute, train, training
 from embrag_ext.dataset import WindowBatches
 from embrag_ext.errors import InputError, run_cli
@@ -16,8 +17,7 @@ from embrag_ext.targets import load_targets
 from embrag_ext.tokens import MASK
 from embrag_ext.vcf_io import read_imputed
 
-TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2", "--k", "4", "--key-flank", "16",
-        "--half-width", "4", "--batch-size", "8", "--steps-per-epoch", "3", "--val-fraction", "0.2"]
+TINY = TINY_TRAINING
 
 
 def test_batches_are_deterministic_and_mask_like_an_array():

@@ -150,7 +150,9 @@ def test_mixed_ploidy_is_written_haploid_and_diploid(out_dir, panel, alt_prob):
     """Sample t2 is haploid: GT 0/1, DS = p, two GP values, from its first column only."""
     ploidy = np.array([2, 1, 2], dtype=np.uint8)
     out = str(out_dir / "x.vcf.gz")
-    quality = write_imputed_vcf(out, panel, SAMPLES, alt_prob, ploidy=ploidy)
+    written = write_imputed_vcf(out, panel, SAMPLES, alt_prob, ploidy=ploidy)
+    quality = written.quality
+    assert (written.status == "PASS").all()
     calls = read_imputed(out)
     assert calls.haploid[:, 1].all() and not calls.haploid[:, [0, 2]].any()
     np.testing.assert_array_equal(calls.haplotypes[:, 2], alt_prob[:, 2] > 0.5)
@@ -186,9 +188,11 @@ def test_site_filter_and_info_file(out_dir, panel, alt_prob):
     low = ~typed & ~outside & (quality.dr2 < 0.5)
     assert (status[low] == "DR2<0.5").all() and ((status == "PASS") == (typed | (~outside & ~low))).all()
     out = str(out_dir / "filtered.vcf.gz")
-    write_imputed_vcf(out, panel, SAMPLES, alt_prob, typed=typed, status=status)
+    written = write_imputed_vcf(out, panel, SAMPLES, alt_prob, typed=typed, min_dr2=0.5,
+                                impute_span=(int(positions[10]) - 500, int(positions[19]) + 500))
+    assert written.status.tolist() == status.tolist()
     assert read_imputed(out).positions.tolist() == positions[status == "PASS"].tolist()
-    rows = [line.split("\t") for line in vcf_writer.info_file_text(panel, quality, typed, status).splitlines()]
+    rows = [line.split("\t") for line in vcf_writer.info_file_text(panel, written).splitlines()]
     assert rows[0] == ["SNP", "REF(0)", "ALT(1)", "ALT_Frq", "MAF", "AvgCall", "Rsq", "Genotyped", "DR2", "Filter"]
     assert len(rows) == panel.n_sites + 1
     site = 12
