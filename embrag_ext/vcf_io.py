@@ -60,16 +60,19 @@ _HTSLIB.bgzf_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
 _HTSLIB.bgzf_write.restype = ctypes.c_ssize_t
 _HTSLIB.bgzf_write.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
 _HTSLIB.bgzf_close.argtypes = [ctypes.c_void_p]
+_HTSLIB.bgzf_flush.argtypes = [ctypes.c_void_p]
 _HTSLIB.bgzf_mt.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
 
 
 class BgzfWriter:
-    """Text written to a bgzip (BGZF) file by htslib, compressed by ``threads`` threads."""
+    """Text written to a bgzip (BGZF) file by htslib, compressed by ``threads``
+    threads at ``level`` (4 by default: on imputed VCFs, 2.3x faster than
+    bgzip's default 6 for files 5% larger)."""
 
-    def __init__(self, path: str, threads: int = 1):
+    def __init__(self, path: str, threads: int = 1, level: int = 4):
         self.path = path
         with quiet_htslib():
-            self._handle = _HTSLIB.bgzf_open(os.fsencode(path), b"w")
+            self._handle = _HTSLIB.bgzf_open(os.fsencode(path), f"w{level}".encode())
         if not self._handle:
             raise OSError(f"{path}: htslib cannot open the file for writing")
         if threads > 1:
@@ -78,6 +81,12 @@ class BgzfWriter:
     def write(self, text: str) -> None:
         data = text.encode()
         if _HTSLIB.bgzf_write(self._handle, data, len(data)) != len(data):
+            raise OSError(f"{self.path}: write failed (disk full?)")
+
+    def end_block(self) -> None:
+        """End the current BGZF block (after a VCF header, as htslib does: the
+        header then sits in blocks of its own, which ``bcftools concat --naive`` needs)."""
+        if _HTSLIB.bgzf_flush(self._handle) != 0:
             raise OSError(f"{self.path}: write failed (disk full?)")
 
     def close(self) -> None:

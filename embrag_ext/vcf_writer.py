@@ -144,6 +144,8 @@ class _RecordSink:
         else:
             self._text = BgzfWriter(path, threads) if mode == "wz" else open(path, "w")
             self._text.write(header)
+            if mode == "wz":
+                self._text.end_block()
 
     def write_lines(self, lines: List[str]) -> None:
         if self._text is not None:
@@ -220,20 +222,31 @@ def _number(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
+_THOUSANDTHS = [_number(k / SCALE) for k in range(2 * SCALE + 1)]   # text of 0, 0.001, ..., 2
+
+
+def _product(a: int, b: int) -> int:
+    """(a / SCALE) * (b / SCALE) in thousandths, rounded half up."""
+    return (a * b + SCALE // 2) // SCALE
+
+
 class _SampleFields(dict):
-    """Cache: sample-field key -> its ``GT:DS:GP`` text (see _HAPLOID_KEY)."""
+    """Cache: sample-field key -> its ``GT:DS:GP`` text (see _HAPLOID_KEY), from
+    P(ALT) in thousandths; GP values rounded to thousandths."""
 
     def __missing__(self, key: int) -> str:
+        text = _THOUSANDTHS
         if key >= _HAPLOID_KEY:
-            p = (key - _HAPLOID_KEY) / SCALE
-            text = f"{int(p > 0.5)}:{_number(p)}:{_number(1 - p)},{_number(p)}"
+            k = key - _HAPLOID_KEY
+            field = f"{int(k > SCALE // 2)}:{text[k]}:{text[SCALE - k]},{text[k]}"
         else:
-            p1, p2 = divmod(key, SCALE + 1)
-            p1, p2 = p1 / SCALE, p2 / SCALE
-            text = (f"{int(p1 > 0.5)}|{int(p2 > 0.5)}:{_number(p1 + p2)}:{_number((1 - p1) * (1 - p2))},"
-                    f"{_number(p1 * (1 - p2) + (1 - p1) * p2)},{_number(p1 * p2)}")
-        self[key] = text
-        return text
+            k1, k2 = divmod(key, SCALE + 1)
+            both, neither = _product(k1, k2), _product(SCALE - k1, SCALE - k2)
+            one = _product(k1, SCALE - k2) + _product(SCALE - k1, k2)
+            field = (f"{int(k1 > SCALE // 2)}|{int(k2 > SCALE // 2)}:{text[k1 + k2]}:"
+                     f"{text[neither]},{text[one]},{text[both]}")
+        self[key] = field
+        return field
 
 
 def _sample_columns(quantized: np.ndarray, ploidy: np.ndarray, fields: _SampleFields) -> List[str]:
