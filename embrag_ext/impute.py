@@ -102,7 +102,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_output_path(args.out)
 
 
-def load_inputs(args: argparse.Namespace):
+def load_inputs(args: argparse.Namespace, thresholds: QCThresholds):
     """(checkpoint, panel, targets): the panel read as the checkpoint's run read it,
     unless options here say otherwise; the targets aligned to it (QC)."""
     checkpoint = load_checkpoint(args.checkpoint, args.device)
@@ -111,8 +111,6 @@ def load_inputs(args: argparse.Namespace):
     data = dataclasses.replace(checkpoint.config.data, **given)
     panel = load_panel(args.panel, **data.panel_options())
     check_panel(panel, checkpoint)
-    thresholds = QCThresholds(max_af_diff=args.max_af_diff, min_site_call_rate=args.min_site_call_rate,
-                              min_sample_call_rate=args.min_sample_call_rate)
     targets = load_targets(args.targets, panel, thresholds=thresholds, allow_unphased=args.phaser != "none")
     return checkpoint, panel, targets
 
@@ -170,7 +168,9 @@ def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: n
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     check_arguments(args)
-    checkpoint, panel, targets = load_inputs(args)
+    thresholds = QCThresholds(max_af_diff=args.max_af_diff, min_site_call_rate=args.min_site_call_rate,
+                              min_sample_call_rate=args.min_sample_call_rate)
+    checkpoint, panel, targets = load_inputs(args, thresholds)
     print(targets.qc.table(sibling_path(args.out, ".qc.tsv")), file=sys.stderr, flush=True)
     if args.strict:
         targets.qc.check_strict(sibling_path(args.out, ".qc.tsv"))

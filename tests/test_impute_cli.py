@@ -11,7 +11,7 @@ import pytest
 
 from helpers import TINY_TRAINING, record, run_module
 from embrag_ext import impute, phasing, train
-from embrag_ext.errors import InputError
+from embrag_ext.errors import InputError, run_cli
 from embrag_ext.metrics import switch_error_rate
 from embrag_ext.panel_vcf import load_panel
 from embrag_ext.simulate import simulate_cohort
@@ -200,16 +200,22 @@ def test_qc_table_and_strict(trained, tmp_path, make_vcf):
     assert f"1\t{int(truth.positions[0]) + 1}\tA\tG\tnot_in_panel\texcluded" in "\n".join(rows)
 
 
-def test_bad_arguments_leave_nothing(trained, tmp_path):
+def test_bad_arguments_leave_nothing(trained, tmp_path, capsys):
+    def exit_message(out, *extra):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(impute.main, ["--checkpoint", trained["checkpoint"], "--panel", trained["panel"],
+                                  "--targets", trained["targets"], "--out", str(out), *extra])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err.strip()
     for args, message in ((["--min-dr2", "1.5"], "--min-dr2 1.5: must be in [0, 1]"),
                           (["--threads", "0"], "--threads 0: must be >= 1"),
                           (["--flank", "-1"], "--flank -1: must be >= 0"),
-                          (["--genetic-map", "nope.map"], "--genetic-map nope.map: no such file")):
-        result = run_impute(trained, trained["targets"], tmp_path / "imputed.vcf.gz", *args)
-        assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr
-    result = run_impute(trained, trained["targets"], tmp_path / "missing" / "imputed.vcf.gz")
-    assert result.returncode == 2 and "output directory" in result.stderr
-    assert os.listdir(tmp_path) == []
+                          (["--genetic-map", "nope.map"], "--genetic-map nope.map: no such file"),
+                          (["--max-af-diff", "2"], "--max-af-diff 2.0: must be in [0, 1]")):
+        assert exit_message(tmp_path / "imputed.vcf.gz", *args) == f"error: {message}"
+    assert "output directory" in exit_message(tmp_path / "missing" / "imputed.vcf.gz")
+    assert "output name must end in .vcf.gz" in exit_message(tmp_path / "imputed.txt")
+    assert [name for name in os.listdir(tmp_path) if name != "cache"] == []
 
 
 def test_chrx_cohort_with_haploid_males_end_to_end(tmp_path):
