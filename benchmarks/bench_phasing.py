@@ -1,11 +1,11 @@
 """Pre-phasing unphased targets: switch error, time and imputation accuracy per phaser.
 
     python benchmarks/bench_phasing.py [--work DIR] [--checkpoint runs/X/checkpoint.pt] [--threads N]
-                                       [--out result.json]
+                                       [--n-panel N] [--array-every N] [--out result.json]
 
 On a simulated cohort (``python -m embrag_ext.simulate --out DIR/cohort --seed 1``:
-500 panel samples, 50 targets typed at every 10th site of 1 Mb, as in the
-README), the targets are unphased (every ``|`` written ``/``) and run through
+by default 500 panel samples, 50 targets typed at every 10th site of 1 Mb, as
+in the README; a smaller panel and a sparser array make phasing harder), the targets are unphased (every ``|`` written ``/``) and run through
 ``python -m embrag_ext.impute --phaser P`` for each installed phaser P
 (Eagle2, SHAPEIT4, Beagle). Measured per phaser:
 
@@ -91,12 +91,12 @@ def beagle_joint(unphased: str, paths: Dict[str, str], work: str, threads: int) 
             **scores(paths["truth"], prefix + ".vcf.gz", paths["panel"], paths["targets"])}
 
 
-def prepare(work: str, checkpoint: str) -> Dict[str, str]:
+def prepare(work: str, checkpoint: str, n_panel: int, array_every: int) -> Dict[str, str]:
     """The cohort, an unphased copy of its targets and a checkpoint."""
     cohort = os.path.join(work, "cohort")
     paths = {name: os.path.join(cohort, f"{name}.vcf.gz") for name in ("panel", "truth", "targets")}
     if not os.path.exists(paths["targets"]):
-        paths.update(simulate_cohort(cohort, seed=1))
+        paths.update(simulate_cohort(cohort, seed=1, n_panel=n_panel, array_every=array_every))
     targets = load_panel(paths["targets"], use_cache=False)
     paths["unphased"] = os.path.join(work, "unphased.vcf.gz")
     write_phased_vcf(paths["unphased"], targets.chrom, targets.positions, targets.ref, targets.alt, targets.samples,
@@ -127,10 +127,12 @@ def main() -> None:
     parser.add_argument("--work", default="bench_phasing", help="working directory (cohort, outputs)")
     parser.add_argument("--checkpoint", help="a model trained on the cohort's panel (default: train one)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-panel", type=int, default=500, help="panel samples of a new cohort")
+    parser.add_argument("--array-every", type=int, default=10, help="targets typed at one site in N (new cohort)")
     parser.add_argument("--out", help="write the rows as JSON")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    paths = prepare(args.work, args.checkpoint)
+    paths = prepare(args.work, args.checkpoint, args.n_panel, args.array_every)
     rows = [impute_run("true phase (no phasing)", paths["targets"], paths, args.work, args.threads, "none")]
     for name in phasing.PHASERS:
         if phasing._executable(name) is None:

@@ -135,7 +135,7 @@ def impute_span(args: argparse.Namespace, panel, targets: Targets) -> Optional[T
     if args.impute_all:
         return None
     typed_positions = panel.positions[targets.typed]
-    return int(typed_positions[0]) - args.flank, int(typed_positions[-1]) + args.flank
+    return max(int(typed_positions[0]) - args.flank, 1), int(typed_positions[-1]) + args.flank
 
 
 def imputation_section(args, panel, targets: Targets, span, status: np.ndarray) -> dict:
