@@ -1,4 +1,4 @@
-"""Reading VCF/BCF records with cyvcf2, defensively.
+"""Reading VCF/BCF records with cyvcf2, defensively, and the htslib calls the writer shares.
 
 htslib (inside cyvcf2) prints its own messages to stderr and sometimes reads a
 corrupt file as if it simply ended. Every reader in the package therefore goes
