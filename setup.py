@@ -117,6 +117,8 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "faiss-cpu", "cyvcf2", "tqdm", "matplotlib", "msprime"],
     extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"], "ooa": ["stdpopsim"]},
+    entry_points={"console_scripts": [f"embrag-{command} = embrag_ext.{command}:cli"
+                                      for command in ("train", "impute", "evaluate", "simulate")]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},
 )

@@ -28,9 +28,13 @@ CONFIG_VERSION = 1
 MODES = ("none", "token", "embedding")
 
 
+MULTIALLELIC_MODES = ("skip", "split")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """The panel and how it is cut: ``panel`` None means the demo cohort.
+    """The panel, how it is read (panel_vcf.load_panel's options) and how it
+    is cut: ``panel`` None means the demo cohort.
 
     array: a VCF (or a sites file, ``CHROM POS`` per line) of the sites the
     targets are typed at; training then hides every other site (array-aware
@@ -44,8 +48,19 @@ class DataConfig:
     val_fraction: float = 0.1  # fraction of panel samples held out for validation
     array: Optional[str] = None
     genetic_map: Optional[str] = None
+    multiallelic: str = "skip"   # multi-allelic records: "skip" (counted) or "split"
+    af_from_info: bool = False   # ALT frequencies from INFO/AF instead of the haplotypes
+    af_file: Optional[str] = None  # ... or from a CHROM POS REF ALT AF file
+    drop_bad_sites: bool = False   # drop sites with a missing or unphased genotype instead of stopping
+
+    def panel_options(self) -> Dict[str, Any]:
+        """The keyword arguments of panel_vcf.load_panel."""
+        return dict(region=self.region, multiallelic=self.multiallelic, af_from_info=self.af_from_info,
+                    af_file=self.af_file, drop_bad_sites=self.drop_bad_sites)
 
     def __post_init__(self):
+        _require(self.multiallelic in MULTIALLELIC_MODES,
+                 f"--multiallelic {self.multiallelic!r}: expected one of {', '.join(MULTIALLELIC_MODES)}")
         _require(self.window >= 1, f"--window {self.window}: must be >= 1")
         _require(0 <= self.overlap < self.window,
                  f"--overlap {self.overlap}: must be >= 0 and smaller than --window {self.window}")
@@ -201,6 +216,21 @@ class RunConfig:
     def replace(self, **parts) -> "RunConfig":
         """A copy with some parts replaced, e.g. ``config.replace(train=...)``."""
         return dataclasses.replace(self, **parts)
+
+
+def add_panel_arguments(parser, defaults: Optional[DataConfig] = None) -> None:
+    """The options of how the panel is read (DataConfig.panel_options), for
+    train and impute. With ``defaults`` None every default is None (impute:
+    "as the checkpoint's run read it")."""
+    keep = defaults is not None
+    parser.add_argument("--multiallelic", choices=MULTIALLELIC_MODES, default=defaults.multiallelic if keep else None,
+                        help="multi-allelic panel records: skip them (counted) or split them into biallelic sites")
+    parser.add_argument("--af-from-info", action="store_true", default=defaults.af_from_info if keep else None,
+                        help="take the panel's ALT frequencies from INFO/AF")
+    parser.add_argument("--af-file", default=defaults.af_file if keep else None,
+                        help="take them from a CHROM POS REF ALT AF file")
+    parser.add_argument("--drop-bad-sites", action="store_true", default=defaults.drop_bad_sites if keep else None,
+                        help="drop panel sites with a missing or unphased genotype instead of stopping")
 
 
 def run_config_from_checkpoint(checkpoint: Dict[str, Any], source: str) -> RunConfig:

@@ -11,12 +11,15 @@ in ``--typed`` (the target VCF given to the imputation), or else sites with
 the INFO/IMP flag, or else (no IMP in the header) all sites. Prints a table per
 MAF bin (metrics.py), writes the report as JSON (default: next to the imputed
 file, ``<name>.eval.json``) and, with ``--plot``, draws r2 by MAF bin.
+Haploid calls (chrX in males) are scored as homozygous diploid ones (allele
+count and dosage doubled), as PLINK codes them.
 ``--compare`` scores other imputed files (another tool's, e.g. Beagle's) the
 same way: a table and a JSON next to each, and one bar series per file in the plot.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +32,7 @@ from .metrics import alt_f1, dosage_metrics
 from .panel import SiteKey, haplotype_columns, site_keys, values_at_sites
 from .panel_vcf import load_panel
 from .vcf_io import ImputedCalls, iter_records, open_vcf, read_imputed
-from .vcf_writer import OUTPUT_FORMATS
+from .vcf_writer import OUTPUT_FORMATS, sibling_path
 
 def _typedsite_keys(path: str) -> Set[SiteKey]:
     """(POS, REF, ALT) of the typed VCF's records, with REF/ALT also swapped."""
@@ -81,11 +84,21 @@ def _imputed_site_mask(args, imputed: ImputedCalls, keys: List[SiteKey],
     return np.ones(len(keys), dtype=bool)
 
 
+def as_diploid(calls: ImputedCalls) -> ImputedCalls:
+    """Haploid calls as homozygous diploid ones: the allele twice, the dosage doubled."""
+    if not calls.haploid.any():
+        return calls
+    haplotypes = calls.haplotypes.copy()
+    haplotypes[:, 1::2] = np.where(calls.haploid, haplotypes[:, 0::2], haplotypes[:, 1::2])
+    dosage = np.where(calls.haploid, 2 * calls.dosage, calls.dosage)
+    return dataclasses.replace(calls, haplotypes=haplotypes, dosage=dosage, haploid=np.zeros_like(calls.haploid))
+
+
 def evaluate(args, imputed_path: Optional[str] = None) -> Dict[str, object]:
     """The report dict (JSON-able apart from nan) for parsed arguments, of
     ``imputed_path`` (default ``args.imputed``)."""
     imputed_path = imputed_path or args.imputed
-    truth, imputed = read_imputed(args.truth), read_imputed(imputed_path)
+    truth, imputed = as_diploid(read_imputed(args.truth)), as_diploid(read_imputed(imputed_path))
     truth_rows, imputed_rows = _matched_rows(truth, imputed, args.truth)
     truth_columns, imputed_columns = _matched_columns(truth, imputed, args.truth)
     keys = [site_keys(imputed)[row] for row in imputed_rows]
@@ -180,10 +193,7 @@ def plot_r2(reports: List[Dict[str, object]], png_path: str) -> None:
 
 def default_json_path(imputed_path: str) -> str:
     """``dir/name.eval.json`` for ``dir/name.vcf.gz`` (or .bcf, .vcf)."""
-    for extension in OUTPUT_FORMATS:
-        if imputed_path.endswith(extension):
-            return imputed_path[: -len(extension)] + ".eval.json"
-    return imputed_path + ".eval.json"
+    return sibling_path(imputed_path, ".eval.json")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
@@ -212,5 +222,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     return reports[0]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``embrag-evaluate`` (the same as ``python -m embrag_ext.evaluate``)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

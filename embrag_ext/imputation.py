@@ -15,7 +15,7 @@ from typing import List
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from .progress import progress
 
 from .array_sites import pattern_difference
 from .checkpoint import Checkpoint
@@ -80,10 +80,11 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
     config, windows = checkpoint.config, np.asarray(checkpoint.windows)
     model = load_model(checkpoint, device)
     cm = genetic_positions(panel.chrom, panel.positions, config.data.genetic_map)
-    reference = ReferencePanel(panel.haplotypes, cm, device)
+    reference = ReferencePanel(panel.haplotypes, cm, device, panel.present_haplotypes())
     retriever = None
     if checkpoint.retriever is not None and model.copying is None:
-        retriever = make_retriever(config.retrieval, np.ascontiguousarray(panel.haplotypes.T), windows)
+        retriever = make_retriever(config.retrieval, np.ascontiguousarray(panel.haplotypes.T), windows,
+                                   panel.present_haplotypes())
         retriever.load_state_dict(checkpoint.retriever)
     predictor = Predictor(model, config, PanelSites(panel.af, panel.variant_type, device), reference, windows,
                           retriever)
@@ -98,7 +99,7 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
                           seed=0, panel_sample=np.full(n_targets, -1), observed_sites=typed, shuffle=False)
     per_window: List[List[np.ndarray]] = [[] for _ in windows]
     with torch.no_grad():
-        for batch in tqdm(loader(batches, 0), total=len(batches), desc="imputing"):
+        for batch in progress(loader(batches, 0), total=len(batches), desc="imputing"):
             for window, (hap_logits, _) in predictor.span_logits(batch, groups[int(batch["span"])]):
                 prob = torch.sigmoid(hap_logits.float()).cpu().numpy()           # [B, 2, L]
                 per_window[window].append(prob.reshape(-1, prob.shape[-1]).T)   # [L, 2B]

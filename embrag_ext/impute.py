@@ -1,60 +1,198 @@
-"""Impute target samples at every panel site: ``python -m embrag_ext.impute``.
+"""Impute target samples at the panel's sites: ``python -m embrag_ext.impute`` (``embrag-impute``).
 
     python -m embrag_ext.impute --checkpoint runs/X/checkpoint.pt \\
-        --panel panel.vcf.gz --targets targets.vcf.gz --out imputed.vcf.gz
+        --panel panel.vcf.gz --targets array.vcf.gz --out imputed.vcf.gz
 
-The targets (phased, typed at a subset of the panel's sites) are imputed by
-imputation.py; typed alleles are kept as given, and the VCF carries GT:DS:GP
-and INFO AF/DR2/IMP (vcf_writer.py).
+What it does, in order:
+
+1. reads the panel as the checkpoint's training run read it (region and the
+   panel options, unless given here);
+2. aligns the targets to the panel with the alignment QC of qc.py and prints
+   its table on stderr; ``--strict`` stops (exit 2) if QC excluded anything;
+3. pre-phases samples with unphased genotypes against the panel with an
+   installed phaser (``--phaser``, phasing.py; phased input is used as it is);
+4. imputes every panel site (imputation.py); typed alleles are kept as given;
+5. writes, each atomically and only once everything has worked:
+   ``<out>`` (GT:DS:GP, INFO AF/DR2 and TYPED or IMP), ``<name>.info.gz``
+   (Minimac-style per-site quality, every panel site), ``<name>.qc.json``
+   (QC counts, thresholds, call rates, phasing and imputation summaries) and
+   ``<name>.qc.tsv`` (every excluded or changed target record with its
+   reason), where ``<name>`` is ``<out>`` without .vcf.gz/.bcf/.vcf.
+
+Imputed sites farther than ``--flank`` bp (default 50 kb) beyond the first
+and last typed site are not written unless ``--impute-all`` (the info file
+marks them ``NotImputed:OutsideTypedSpan``); with ``--min-dr2`` imputed sites
+with a lower DR2 are left out of the VCF (marked ``DR2<x`` there).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import os
+import sys
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+from .config import add_panel_arguments
 from .errors import InputError, run_cli
 from .imputation import check_panel, impute_haplotypes, warn_if_other_array
 from .panel_vcf import load_panel
-from .targets import load_targets
-from .vcf_writer import write_imputed_vcf
+from .phasing import PHASER_CHOICES, find_phaser, prephase
+from .qc import QCThresholds
+from .targets import Targets, load_targets
+from .vcf_writer import (OUTSIDE_SPAN, atomic_output, check_output_path, imputed_sites, info_file_text,
+                         sibling_path, write_gzip_text, write_imputed_sites)
+
+DEFAULT_FLANK = 50_000
+QC = QCThresholds()
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m embrag_ext.impute", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by embrag_ext.train")
     p.add_argument("--panel", required=True, help="the reference panel the model was trained on")
-    p.add_argument("--targets", required=True, help="phased target VCF (typed sites)")
+    p.add_argument("--targets", required=True, help="target VCF/BCF (typed sites; phased, unphased or mixed)")
     p.add_argument("--out", required=True, help="output .vcf.gz, .bcf or .vcf")
     p.add_argument("--region", help="CHROM[:START-END] (default: the training run's)")
+    add_panel_arguments(p)
+    p.add_argument("--phaser", choices=PHASER_CHOICES, default="auto",
+                   help="pre-phases unphased targets: auto = the first of eagle, shapeit4, beagle installed; "
+                        "none = the targets must be phased")
+    p.add_argument("--genetic-map", help="genetic map for the phaser, in its own format (default: 1 cM/Mb)")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help="threads for the phaser and the VCF compression (default: the CPUs available)")
+    p.add_argument("--strict", action="store_true", help="stop (exit 2) if QC excludes any target record")
+    p.add_argument("--max-af-diff", type=float, default=QC.max_af_diff,
+                   help="exclude sites whose target AF differs from the panel's by more (and |z| > 5)")
+    p.add_argument("--min-site-call-rate", type=float, default=QC.min_site_call_rate,
+                   help="exclude target sites with a lower call rate")
+    p.add_argument("--min-sample-call-rate", type=float, default=QC.min_sample_call_rate,
+                   help="warn about samples with a lower call rate")
+    p.add_argument("--min-dr2", type=float, default=0.0, help="leave imputed sites with a lower DR2 out of the VCF")
+    p.add_argument("--flank", type=int, default=DEFAULT_FLANK,
+                   help="impute this many bp beyond the first and last typed site (default 50,000)")
+    p.add_argument("--impute-all", action="store_true", help="impute every panel site, however far from typed ones")
     p.add_argument("--batch-size", type=int, default=64, help="target samples per batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
+def check_arguments(args: argparse.Namespace) -> None:
+    """One-line errors for values that cannot work (before any work is done)."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size {args.batch_size}: must be >= 1")
+    for name in ("batch_size", "threads"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if not 0 <= args.min_dr2 <= 1:
+        raise InputError(f"--min-dr2 {args.min_dr2}: must be in [0, 1]")
+    if args.flank < 0:
+        raise InputError(f"--flank {args.flank}: must be >= 0")
+    if args.genetic_map is not None and not os.path.isfile(args.genetic_map):
+        raise InputError(f"--genetic-map {args.genetic_map}: no such file")
+    check_output_path(args.out)
+
+
+def load_inputs(args: argparse.Namespace, thresholds: QCThresholds):
+    """(checkpoint, panel, targets): the panel read as the checkpoint's run read it,
+    unless options here say otherwise; the targets aligned to it (QC)."""
     checkpoint = load_checkpoint(args.checkpoint, args.device)
-    panel = load_panel(args.panel, region=args.region or checkpoint.config.data.region)
+    given = {name: getattr(args, name) for name in ("region", "multiallelic", "af_from_info", "af_file",
+                                                    "drop_bad_sites") if getattr(args, name) is not None}
+    data = dataclasses.replace(checkpoint.config.data, **given)
+    panel = load_panel(args.panel, **data.panel_options())
     check_panel(panel, checkpoint)
-    targets = load_targets(args.targets, panel)
+    targets = load_targets(args.targets, panel, thresholds=thresholds, allow_unphased=args.phaser != "none")
     warn_if_other_array(checkpoint, panel, targets.typed)
+    return checkpoint, panel, targets
+
+
+def phase_targets(args: argparse.Namespace, targets: Targets, panel) -> None:
+    """Pre-phase the unphased samples; the summary goes into the QC report."""
+    unphased = targets.unphased_samples()
+    if len(unphased) == 0:
+        targets.qc.sections["phasing"] = {"needed": False}
+        return
+    phaser = find_phaser(args.phaser)
+    print(f"phasing {len(unphased)} of {len(targets.samples)} samples with {phaser}, {args.threads} threads",
+          file=sys.stderr, flush=True)
+    summary = prephase(targets, panel, phaser, args.threads, args.genetic_map)
+    print(f"phased {summary.unphased_heterozygotes} heterozygous genotypes at {summary.sites} sites "
+          f"in {summary.seconds:.1f} s", file=sys.stderr, flush=True)
+    targets.qc.sections["phasing"] = {"needed": True, **summary.to_dict()}
+
+
+def impute_span(args: argparse.Namespace, panel, targets: Targets) -> Optional[Tuple[int, int]]:
+    """(first, last) position imputed: the typed span plus the flank; None with --impute-all."""
+    if args.impute_all:
+        return None
+    typed_positions = panel.positions[targets.typed]
+    return max(int(typed_positions[0]) - args.flank, 1), int(typed_positions[-1]) + args.flank
+
+
+def imputation_section(args, panel, targets: Targets, span, status: np.ndarray) -> dict:
+    typed = targets.typed
+    return {"sites": panel.n_sites, "typed": int(typed.sum()), "written": int((status == "PASS").sum()),
+            "span": None if span is None else list(span), "flank": None if span is None else args.flank,
+            "not_imputed_outside_span": int((status == OUTSIDE_SPAN).sum()), "min_dr2": args.min_dr2,
+            "dropped_below_min_dr2": int(np.char.startswith(status.astype(str), "DR2<").sum())}
+
+
+def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: np.ndarray) -> np.ndarray:
+    """The info file and the QC report, then the VCF; the first ones are renamed
+    into place after the VCF, so a failure leaves none of them."""
+    span = impute_span(args, panel, targets)
+    sites = imputed_sites(panel, alt_prob, targets.typed, targets.haplotypes, targets.ploidy, args.min_dr2, span)
+    targets.qc.sections["imputation"] = imputation_section(args, panel, targets, span, sites.status)
+    paths = {"info": sibling_path(args.out, ".info.gz"), "json": sibling_path(args.out, ".qc.json"),
+             "tsv": sibling_path(args.out, ".qc.tsv")}
+    with contextlib.ExitStack() as outputs:
+        temps = {name: outputs.enter_context(atomic_output(path)) for name, path in paths.items()}
+        write_gzip_text(temps["info"], info_file_text(panel, sites))
+        with open(temps["json"], "w") as handle:
+            handle.write(targets.qc.json_text())
+        with open(temps["tsv"], "w") as handle:
+            handle.write(targets.qc.tsv_text())
+        write_imputed_sites(args.out, panel, targets.samples, sites, args.threads)
+    return sites.status
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    check_arguments(args)
+    thresholds = QCThresholds(max_af_diff=args.max_af_diff, min_site_call_rate=args.min_site_call_rate,
+                              min_sample_call_rate=args.min_sample_call_rate)
+    checkpoint, panel, targets = load_inputs(args, thresholds)
+    print(targets.qc.table(sibling_path(args.out, ".qc.tsv")), file=sys.stderr, flush=True)
+    if args.strict:
+        targets.qc.check_strict(sibling_path(args.out, ".qc.tsv"))
+    phase_targets(args, targets, panel)
     began = time.perf_counter()
     alt_prob = impute_haplotypes(checkpoint, panel, targets.haplotypes, targets.typed, args.batch_size,
                                  torch.device(args.device))
     seconds = time.perf_counter() - began
-    write_imputed_vcf(args.out, panel, targets.samples, alt_prob, typed=targets.typed,
-                      typed_haplotypes=targets.haplotypes)
+    status = write_outputs(args, panel, targets, alt_prob)
+    section = targets.qc.sections["imputation"]
     print(f"imputed {len(targets.samples)} samples x {panel.n_sites} sites ({targets.n_typed} typed) "
-          f"in {seconds:.1f}s: {len(targets.samples) / seconds:.1f} samples/s; wrote {args.out}")
+          f"in {seconds:.1f}s: {len(targets.samples) / seconds:.1f} samples/s; wrote {args.out} "
+          f"({int((status == 'PASS').sum())} sites; {section['not_imputed_outside_span']} outside the typed span, "
+          f"{section['dropped_below_min_dr2']} below --min-dr2) with its .info.gz, .qc.json and .qc.tsv")
+    return targets.qc.to_dict()
+
+
+def cli() -> None:
+    """The console script ``embrag-impute`` (the same as ``python -m embrag_ext.impute``)."""
+    run_cli(main)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

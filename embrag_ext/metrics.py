@@ -180,19 +180,55 @@ def alt_f1(true_haps: np.ndarray, pred_haps: np.ndarray, masked: np.ndarray, maf
     return results
 
 
+def switch_error_rate(true_haps: np.ndarray, phased_haps: np.ndarray) -> float:
+    """Phase switch errors per consecutive pair of heterozygous sites.
+
+    true_haps, phased_haps: 0/1 alleles [S, 2T] of the same T diploid samples
+    at the same S sites (the phased genotypes equal the true ones). Over every
+    sample, a switch is a change, from one heterozygous site to the next, of
+    whether the phased first haplotype carries the true first haplotype's
+    allele. Returns switches / pairs (nan without any pair)."""
+    errors = pairs = 0
+    for sample in range(true_haps.shape[1] // 2):
+        truth = true_haps[:, 2 * sample:2 * sample + 2]
+        heterozygous = truth[:, 0] != truth[:, 1]
+        same = truth[heterozygous, 0] == phased_haps[heterozygous, 2 * sample]
+        errors += int((same[1:] != same[:-1]).sum())
+        pairs += max(int(heterozygous.sum()) - 1, 0)
+    return _ratio(errors, pairs)
+
+
 def hidden_site_scores(pieces: List[Dict[str, np.ndarray]]) -> Dict[str, object]:
     """ALT-F1 rare/common and aggregate dosage r2 (overall and by MAF bin) over
     the hidden sites of validation batches, pooled. Each piece: ``truth`` uint8
     [B, 2, n] and ``prob`` float [B, 2, n] (P(ALT)) at its n hidden sites,
-    ``af`` [n]; pieces may differ in B and n."""
+    ``af`` [n]; pieces may differ in B and n. A haploid sample's absent second
+    haplotype (truth 2, MASK) is left out of the ALT-F1, and its genotype
+    counts as homozygous diploid in the dosage r2 (as evaluate.py scores
+    haploid calls)."""
+    pieces = [_haploid_as_homozygous(p) for p in pieces]
     true_gt = np.concatenate([p["truth"].sum(1).T.reshape(-1, 1) for p in pieces])     # [R, 1] genotypes
     dosage = np.concatenate([p["prob"].sum(1).T.reshape(-1, 1) for p in pieces])       # [R, 1]
     af = np.concatenate([np.repeat(p["af"], p["truth"].shape[0]) for p in pieces])    # [R]
     true_haps = np.concatenate([p["truth"].transpose(2, 0, 1).reshape(-1) for p in pieces])   # [2R]
     pred_haps = np.concatenate([(p["prob"] > 0.5).transpose(2, 0, 1).reshape(-1) for p in pieces])
+    present = np.concatenate([~p["absent"].transpose(2, 0, 1).reshape(-1) for p in pieces])
     hap_af = np.repeat(af, 2)
-    f1 = alt_f1(true_haps, pred_haps.astype(np.uint8), True, np.minimum(hap_af, 1 - hap_af))
+    f1 = alt_f1(true_haps, pred_haps.astype(np.uint8), present, np.minimum(hap_af, 1 - hap_af))
     dosage_r2 = dosage_metrics(true_gt, dosage, af)
     return {"alt_f1_rare": f1["rare"]["f1"], "alt_f1_common": f1["common"]["f1"],
             "dosage_r2": dosage_r2["all"]["aggregate_r2"],
             "dosage_r2_by_maf": {b["bin"]: b["aggregate_r2"] for b in dosage_r2["bins"]}}
+
+
+ABSENT_ALLELE = 2   # tokens.MASK: the truth of a haploid sample's absent second haplotype
+
+
+def _haploid_as_homozygous(piece: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The piece with each absent second haplotype replaced by the first
+    (truth and prob) and ``absent`` bool [B, 2, n] marking them."""
+    truth, prob = piece["truth"], piece["prob"]
+    absent = np.zeros(truth.shape, dtype=bool)
+    absent[:, 1] = truth[:, 1] == ABSENT_ALLELE
+    return {**piece, "absent": absent, "truth": np.where(absent, truth[:, :1], truth),
+            "prob": np.where(absent, prob[:, :1], prob)}

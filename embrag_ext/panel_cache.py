@@ -24,7 +24,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 
 # Bump when the meaning or layout of cached arrays changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: per-sample ploidy
 META_FILE = "meta.json"
 MMAP_ARRAYS = ("haplotypes",)
 

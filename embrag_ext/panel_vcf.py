@@ -10,9 +10,16 @@ Rules:
 - multi-allelic records are skipped with a counted warning (default) or, with
   ``multiallelic="split"``, split into one biallelic site per ALT allele (the
   other ALT alleles count as REF at that site, as ``bcftools norm -m-`` does);
-- every genotype must be phased and present: an unphased or missing genotype
+- every genotype must be present and its phase known: a missing allele, an
+  unphased heterozygote (``0/1``) or an unphased half-missing call (``0/.``)
   is an :class:`InputError` naming the record and sample, unless
-  ``drop_bad_sites=True`` drops such sites (counted in a warning).
+  ``drop_bad_sites=True`` drops such sites (counted in a warning). Homozygous
+  calls need no phase (``0/0`` and ``1/1`` are fine); haploid calls are read
+  as one haplotype (the sample's second column is MASK, see panel.py), and a
+  sample's ploidy must be the same at every site.
+
+The command-line flags ``--drop-bad-sites``, ``--af-from-info``,
+``--af-file`` and ``--multiallelic`` of ``train`` and ``impute`` set these options.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import numpy as np
 from . import panel_cache
 from .errors import InputError
 from .panel import Panel, SiteKey, alt_frequency, classify_variant, values_at_sites
-from .vcf_io import Region, genotype_alleles, iter_records, open_vcf, parse_region
+from .vcf_io import PloidyTracker, Region, allele_tokens, genotype_alleles, iter_records, open_vcf, parse_region
 
 MULTIALLELIC_MODES = ("skip", "split")
 
@@ -75,7 +82,7 @@ def load_panel(path: Union[str, os.PathLike], region: Union[str, Region, None] =
     return panel
 
 
-_CACHED_ARRAYS = ("positions", "ref", "alt", "haplotypes", "af", "variant_type")
+_CACHED_ARRAYS = ("positions", "ref", "alt", "haplotypes", "af", "variant_type", "ploidy")
 
 
 def _store_in_cache(entry, panel: Panel, notes: List[str]) -> None:
@@ -120,6 +127,7 @@ def _parse_panel(path: str, region: Optional[Region], multiallelic: str, af_file
     if not samples:
         raise InputError(f"{path}: the panel has no samples (a sites-only VCF?)")
     sites = _SiteLists()
+    ploidy = PloidyTracker(path, samples)
     chrom = None
     n_multiallelic = n_bad = 0
     for record in iter_records(vcf, path, region):
@@ -127,20 +135,20 @@ def _parse_panel(path: str, region: Optional[Region], multiallelic: str, af_file
         if len(record.ALT) > 1 and multiallelic == "skip":
             n_multiallelic += 1
             continue
-        alleles = _phased_alleles(record, path, samples, raise_if_bad=not drop_bad_sites)
+        alleles = _phased_alleles(record, path, samples, ploidy, raise_if_bad=not drop_bad_sites)
         if alleles is None:
             n_bad += 1
             continue
         n_multiallelic += len(record.ALT) > 1
         for alt_index, alt in enumerate(record.ALT, start=1):
             info_af = _info_af(record, path, alt_index) if af_from_info else np.nan
-            sites.add(record.POS, record.REF, alt, (alleles == alt_index).astype(np.uint8), info_af)
+            sites.add(record.POS, record.REF, alt, allele_tokens(alleles, alt_index), info_af)
     notes = _filter_notes(path, multiallelic, n_multiallelic, n_bad)
     if not sites.positions:
         where = "" if region is None else f" in region {region}"
         raise InputError(f"{path}: no usable sites{where} "
                          f"({n_multiallelic} multi-allelic, {n_bad} with missing/unphased genotypes)")
-    return _panel_from_sites(path, chrom, samples, sites, af_file, af_from_info), notes
+    return _panel_from_sites(path, chrom, samples, ploidy.ploidy, sites, af_file, af_from_info), notes
 
 
 def _check_single_contig(path: str, chrom: Optional[str], record_chrom: str) -> str:
@@ -150,18 +158,22 @@ def _check_single_contig(path: str, chrom: Optional[str], record_chrom: str) -> 
     return record_chrom
 
 
-def _phased_alleles(record, path: str, samples: List[str], raise_if_bad: bool) -> Optional[np.ndarray]:
-    """Allele indices int16 [2N] of a record, or None if a genotype is missing
-    or unphased and ``raise_if_bad`` is False."""
-    alleles, phased = genotype_alleles(record, path)  # [N, 2], [N]
-    missing = (alleles < 0).any(axis=1)
-    bad = missing | ~phased
+def _phased_alleles(record, path: str, samples: List[str], ploidy: PloidyTracker,
+                    raise_if_bad: bool) -> Optional[np.ndarray]:
+    """Allele indices int16 [2N] of a record (-2 for a haploid call's absent
+    second allele), or None if a genotype is missing or its phase unknown and
+    ``raise_if_bad`` is False."""
+    genotypes = genotype_alleles(record, path)
+    missing = genotypes.missing.any(axis=1)
+    bad = missing | genotypes.phase_unknown
     if not bad.any():
-        return alleles.reshape(-1)
+        ploidy.update(record, genotypes)
+        return genotypes.alleles.reshape(-1)
     if not raise_if_bad:
         return None
     sample = int(np.argmax(bad))
-    problem = "missing" if missing[sample] else "unphased"
+    problem = "unphased half-missing" if genotypes.unphased_half_missing[sample] else (
+        "missing" if missing[sample] else "unphased")
     raise InputError(f"{path}: record {record.CHROM}:{record.POS}: {problem} genotype for sample "
                      f"{samples[sample]}: the panel must be phased and complete "
                      "(phase it, or drop such sites with drop_bad_sites / --drop-bad-sites)")
@@ -186,7 +198,7 @@ def _filter_notes(path: str, multiallelic: str, n_multiallelic: int, n_bad: int)
     return notes
 
 
-def _panel_from_sites(path: str, chrom: str, samples: List[str], sites: _SiteLists,
+def _panel_from_sites(path: str, chrom: str, samples: List[str], ploidy: np.ndarray, sites: _SiteLists,
                       af_file: Optional[str], af_from_info: bool) -> Panel:
     positions = np.asarray(sites.positions, dtype=np.int64)
     ref = np.asarray(sites.ref, dtype=str)
@@ -202,7 +214,7 @@ def _panel_from_sites(path: str, chrom: str, samples: List[str], sites: _SiteLis
     variant_type = np.array([classify_variant(r, a) for r, a in zip(ref, alt)], dtype=np.uint8)
     return Panel(chrom=chrom, positions=positions, ref=ref, alt=alt, haplotypes=haplotypes,
                  samples=samples, af=af, variant_type=variant_type, source=path,
-                 af_from_panel=af_file is None and not af_from_info)
+                 af_from_panel=af_file is None and not af_from_info, ploidy=ploidy)
 
 
 def _read_af_file(af_file: str, chrom: str) -> Dict[SiteKey, float]:

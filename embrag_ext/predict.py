@@ -51,21 +51,26 @@ class ReferencePanel:
     layouts the ops read, and the genetic position of every site.
 
     haplotypes: uint8 [S, H] (rows 2s, 2s + 1 of the haplotype axis are sample s);
-    cm: float64 [S].
+    cm: float64 [S]; present: bool [H] the rows that hold a haplotype (a haploid
+    sample's second row does not: Panel.present_haplotypes); default all.
     """
 
-    def __init__(self, haplotypes: np.ndarray, cm: np.ndarray, device: torch.device):
+    def __init__(self, haplotypes: np.ndarray, cm: np.ndarray, device: torch.device,
+                 present: Optional[np.ndarray] = None):
         self.by_site = torch.from_numpy(np.ascontiguousarray(haplotypes)).to(device)       # [S, H]
         self.by_haplotype = torch.from_numpy(np.ascontiguousarray(haplotypes.T)).to(device)  # [H, S]
         self.cm = np.asarray(cm, dtype=np.float64)
         self.n_haplotypes = int(haplotypes.shape[1])
+        present = np.ones(self.n_haplotypes, dtype=bool) if present is None else np.asarray(present, dtype=bool)
+        self.present = torch.from_numpy(present).to(device)                                 # [H]
 
     def templates(self, query_sample: torch.Tensor) -> torch.Tensor:
-        """int64 [N, H]: every reference haplotype, but a query's own sample's
-        two (query_sample int64 [N], -1 = not in the panel) set to -1."""
+        """int64 [N, H]: every reference haplotype (rows in order), -1 for a
+        query's own sample's two (query_sample int64 [N], -1 = not in the panel)
+        and for absent rows."""
         rows = torch.arange(self.n_haplotypes, device=self.by_site.device)
-        own = (rows[None, :] // 2) == query_sample.to(rows.device)[:, None]
-        return torch.where(own, torch.full_like(rows, -1), rows[None, :].expand_as(own))
+        excluded = ((rows[None, :] // 2) == query_sample.to(rows.device)[:, None]) | ~self.present[None, :]
+        return torch.where(excluded, torch.full_like(rows, -1), rows[None, :].expand_as(excluded))
 
 
 def key_encoder(model: ImputationModel, sites: PanelSites, windows: np.ndarray,

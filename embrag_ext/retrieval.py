@@ -51,11 +51,13 @@ class Retriever:
     ref_tokens_T: uint8 [H, S] reference haplotypes (rows 2s, 2s + 1 are
         sample s); windows: int64 [W, 2]; key_ranges: int64 [W, 2] the sites
         compared for each window (windows.key_ranges); decay: site weight
-        scale in sites (0: all sites weigh 1); factory: FAISS index factory string.
+        scale in sites (0: all sites weigh 1); factory: FAISS index factory string;
+        present: bool [H] rows that are haplotypes (default all; a haploid
+        sample's second row is not, Panel.present_haplotypes): only these are indexed.
     """
 
     def __init__(self, ref_tokens_T: np.ndarray, windows: np.ndarray, key_ranges: np.ndarray, k: int,
-                 decay: float = 0.0, factory: str = "Flat"):
+                 decay: float = 0.0, factory: str = "Flat", present: Optional[np.ndarray] = None):
         if k < 1:
             raise InputError(f"K={k}: must be >= 1")
         if decay < 0:
@@ -65,6 +67,7 @@ class Retriever:
         self.scales = [site_scales(window, key_range, decay) for window, key_range in zip(windows, key_ranges)]
         self.k = k
         self.factory = factory
+        self.rows = np.arange(len(ref_tokens_T)) if present is None else np.flatnonzero(present)  # indexed rows
         self.encodings: Optional[list] = None       # per window float32 [V, Lk, D]
         self._last: Optional[Tuple[int, bytes, faiss.Index]] = None   # (window, pattern, index)
         self.recall_hits = self.recall_total = 0
@@ -102,6 +105,7 @@ class Retriever:
         queries = _query_keys(encodings, query_tokens[:, sites], sites, scales)  # [Q, n * D]
         n_results = self.k + (2 if (query_sample >= 0).any() else 0)
         dist, ids = index.search(queries, n_results)                            # [Q, K (+2)]
+        ids = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)            # index rows -> panel rows
         ids, dist = _drop_own_sample(ids, dist, query_sample, self.k)         # [Q, K]
         if self.factory != "Flat":
             self._count_recall(window, sites, queries, query_sample, n_results, ids)
@@ -123,9 +127,10 @@ class Retriever:
         return index
 
     def reference_keys(self, window: int, sites: np.ndarray) -> np.ndarray:
-        """float32 [H, n * D]: every reference haplotype's encoding at ``sites`` (key-range offsets)."""
+        """float32 [R, n * D]: every indexed reference haplotype's (``rows``) encoding at ``sites``
+        (key-range offsets)."""
         start = self.key_ranges[window, 0]
-        tokens = self.ref_tokens_T[:, start + sites]                            # [H, n]
+        tokens = self.ref_tokens_T[np.ix_(self.rows, start + sites)]            # [R, n]
         keys = self.encodings[window][tokens, sites] * self.scales[window][sites, None]  # [H, n, D]
         return np.ascontiguousarray(keys.reshape(len(tokens), -1), dtype=np.float32)
 
@@ -135,17 +140,20 @@ class Retriever:
         exact = faiss.IndexFlatL2(queries.shape[1])
         exact.add(self.reference_keys(window, sites))
         exact_dist, exact_ids = exact.search(queries, n_results)
+        exact_ids = np.where(exact_ids >= 0, self.rows[np.maximum(exact_ids, 0)], -1)
         exact_ids = _drop_own_sample(exact_ids, exact_dist, query_sample, self.k)[0]
         for got, want in zip(found, exact_ids):
             self.recall_hits += len(np.intersect1d(got[got >= 0], want[want >= 0]))
             self.recall_total += int((want >= 0).sum())
 
 
-def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: np.ndarray) -> Retriever:
-    """The retriever ``config`` describes over reference haplotypes ref_tokens_T uint8 [H, S] and
-    windows int64 [W, 2] (training and imputation build theirs here)."""
+def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: np.ndarray,
+                   present: Optional[np.ndarray] = None) -> Retriever:
+    """The retriever ``config`` describes over reference haplotypes ref_tokens_T uint8 [H, S]
+    (``present``: bool [H], rows that are haplotypes) and windows int64 [W, 2]
+    (training and imputation build theirs here)."""
     ranges = key_ranges(windows, config.key_flank, ref_tokens_T.shape[1])
-    return Retriever(ref_tokens_T, windows, ranges, config.k, config.key_decay, config.index)
+    return Retriever(ref_tokens_T, windows, ranges, config.k, config.key_decay, config.index, present)
 
 
 def _check_factory(factory: str) -> None:

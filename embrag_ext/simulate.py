@@ -18,7 +18,11 @@ targets, and it writes:
   (0: every site is a candidate; an array of common sites, like a real one,
   takes e.g. ``--array-maf 0.05``).
 
-All files are bgzipped, indexed and deterministic for a given ``--seed``.
+``--haploid-fraction F`` makes a fraction F of the samples (panel and
+targets alike, chosen with the seed) haploid, as males are on chrX outside
+the pseudo-autosomal regions: they keep their first simulated haplotype and
+are written haploid (GT ``0``/``1``); ``--chrom X`` names the contig. All
+files are bgzipped, indexed and deterministic for a given ``--seed``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import numpy as np
 
 from .errors import InputError, run_cli
 from .panel import haplotype_columns
+from .tokens import MASK
 from .vcf_writer import write_phased_vcf
 
 CHROM = "1"
@@ -102,36 +107,34 @@ def simulate_sites(n_panel: int, n_target: int, length: int, seed: int, model: s
 
 def simulate_cohort(out_dir: str, seed: int = 1, n_panel: int = 500, n_target: int = 50,
                     length: int = 1_000_000, array_every: int = 10, model: str = "constant",
-                    array_maf: float = 0.0) -> Dict[str, str]:
+                    array_maf: float = 0.0, haploid_fraction: float = 0.0, chrom: str = CHROM) -> Dict[str, str]:
     """Simulate and write ``panel.vcf.gz``, ``truth.vcf.gz`` and ``targets.vcf.gz``
     in ``out_dir`` (see module doc). Returns ``{"panel", "truth", "targets": path}``."""
-    _check_arguments(n_panel, n_target, length, array_every, model, array_maf)
+    _check_arguments(n_panel, n_target, length, array_every, model, array_maf, haploid_fraction)
     sites = simulate_sites(n_panel, n_target, length, seed, model)
     if len(sites.positions) == 0:
         raise InputError(f"--length {length}: the simulation produced no sites; use a longer region")
-    panel_individuals, target_individuals = _split(sites.population, n_panel, model, seed)
-    panel_columns, target_columns = haplotype_columns(panel_individuals), haplotype_columns(target_individuals)
-    array_sites = _array(sites.haplotypes[:, panel_columns], array_every, array_maf, seed)
+    rng = np.random.default_rng(seed)
+    panel_individuals, target_individuals = _split(sites.population, n_panel, model, rng.permutation(len(sites.population)))
+    ploidy = np.where(rng.random(len(sites.population)) < haploid_fraction, 1, 2).astype(np.uint8)
+    sites.haplotypes[:, 1::2][:, ploidy == 1] = MASK
+    array_sites = _array(sites.haplotypes[:, haplotype_columns(panel_individuals)], array_every, array_maf, seed)
     if len(array_sites) == 0:
         raise InputError(f"--array-maf {array_maf}: no site of the panel is that common; lower it")
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, f"{name}.vcf.gz") for name in ("panel", "truth", "targets")}
-    panel_names = [f"panel_{i:04d}" for i in range(1, n_panel + 1)]
-    target_names = [f"target_{i:04d}" for i in range(1, n_target + 1)]
-    write_phased_vcf(paths["panel"], CHROM, sites.positions, sites.ref, sites.alt, panel_names,
-                     sites.haplotypes[:, panel_columns])
-    write_phased_vcf(paths["truth"], CHROM, sites.positions, sites.ref, sites.alt, target_names,
-                     sites.haplotypes[:, target_columns])
-    write_phased_vcf(paths["targets"], CHROM, sites.positions[array_sites], sites.ref[array_sites],
-                     sites.alt[array_sites], target_names,
-                     sites.haplotypes[np.ix_(array_sites, target_columns)])
+    groups = {"panel": (panel_individuals, "panel", slice(None)), "truth": (target_individuals, "target", slice(None)),
+              "targets": (target_individuals, "target", array_sites)}
+    for name, (individuals, prefix, rows) in groups.items():
+        names = [f"{prefix}_{i:04d}" for i in range(1, len(individuals) + 1)]
+        write_phased_vcf(paths[name], chrom, sites.positions[rows], sites.ref[rows], sites.alt[rows], names,
+                         sites.haplotypes[rows][:, haplotype_columns(individuals)], ploidy=ploidy[individuals])
     return paths
 
 
-def _split(population: np.ndarray, n_panel: int, model: str, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(panel, target) individual indices: shuffled with the seed; targets from their own
+def _split(population: np.ndarray, n_panel: int, model: str, order: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(panel, target) individual indices in the shuffled ``order``; targets from their own
     population when the model has one."""
-    order = np.random.default_rng(seed).permutation(len(population))
     target_population = STDPOPSIM_MODELS[model][2] if model in STDPOPSIM_MODELS else None
     if target_population is None:
         return order[:n_panel], order[n_panel:]
@@ -150,7 +153,7 @@ def _array(panel_haplotypes: np.ndarray, every: int, min_maf: float, seed: int) 
 
 
 def _check_arguments(n_panel: int, n_target: int, length: int, array_every: int, model: str,
-                     array_maf: float) -> None:
+                     array_maf: float, haploid_fraction: float) -> None:
     checks = (("--n-panel", n_panel, n_panel >= 1), ("--n-target", n_target, n_target >= 1),
               ("--length", length, length >= 1000), ("--array-every", array_every, array_every >= 1))
     for name, value, ok in checks:
@@ -161,6 +164,8 @@ def _check_arguments(n_panel: int, n_target: int, length: int, array_every: int,
         raise InputError(f"--model {model}: expected one of {', '.join(MODELS)}")
     if not 0 <= array_maf < 0.5:
         raise InputError(f"--array-maf {array_maf}: must be in [0, 0.5)")
+    if not 0 <= haploid_fraction <= 1:
+        raise InputError(f"--haploid-fraction {haploid_fraction}: must be in [0, 1]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
@@ -174,14 +179,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
     parser.add_argument("--array-maf", type=float, default=0.0,
                         help="candidate array sites have at least this panel MAF (0: all sites)")
     parser.add_argument("--model", choices=MODELS, default="constant")
+    parser.add_argument("--haploid-fraction", type=float, default=0.0,
+                        help="fraction of samples made haploid (chrX-like males)")
+    parser.add_argument("--chrom", default=CHROM, help="contig name (e.g. X)")
     args = parser.parse_args(argv)
     paths = simulate_cohort(args.out, seed=args.seed, n_panel=args.n_panel, n_target=args.n_target,
                             length=args.length, array_every=args.array_every, model=args.model,
-                            array_maf=args.array_maf)
+                            array_maf=args.array_maf, haploid_fraction=args.haploid_fraction, chrom=args.chrom)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return paths
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``embrag-simulate`` (the same as ``python -m embrag_ext.simulate``)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

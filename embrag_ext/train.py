@@ -25,7 +25,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig
+from .config import (MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig,
+                     add_panel_arguments)
 from .errors import InputError, run_cli
 from .masking import MaskConfig
 from .training import train
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of options (keys: option names with underscores)")
     p.add_argument("--panel", help="phased reference panel VCF/BCF (default: the demo cohort)")
     p.add_argument("--region", help="CHROM[:START-END] of the panel to use")
+    add_panel_arguments(p, data)
     p.add_argument("--window", type=int, default=data.window, help="window length in sites")
     p.add_argument("--overlap", type=int, default=data.overlap, help="overlap of consecutive windows in sites")
     p.add_argument("--val-fraction", type=float, default=data.val_fraction, help="fraction of samples held out")
@@ -114,7 +116,9 @@ def run_config(options: argparse.Namespace) -> RunConfig:
     return RunConfig(
         data=DataConfig(panel=options.panel, region=options.region, window=options.window,
                         overlap=options.overlap, val_fraction=options.val_fraction, array=options.array,
-                        genetic_map=options.genetic_map),
+                        genetic_map=options.genetic_map, multiallelic=options.multiallelic,
+                        af_from_info=options.af_from_info, af_file=options.af_file,
+                        drop_bad_sites=options.drop_bad_sites),
         copying=CopyConfig(enabled=options.copying == "on", templates=options.templates,
                            context_sites=options.context_sites, ne=options.ne, mismatch=options.mismatch,
                            learn_rates=not options.fixed_rates),
@@ -157,5 +161,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     return history
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``embrag-train`` (the same as ``python -m embrag_ext.train``)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from .progress import note, progress
 
 from .array_sites import array_sites
 from .checkpoint import Checkpoint, write_checkpoint
@@ -48,15 +48,16 @@ class TrainData:
 
     def __init__(self, config: RunConfig, device: torch.device):
         data = config.data
-        self.panel = load_panel(data.panel or demo_cohort()["panel"], region=data.region)
+        self.panel = load_panel(data.panel or demo_cohort()["panel"], **data.panel_options())
         self.windows = make_windows(self.panel.n_sites, data.window, data.overlap)    # [W, 2]
         self.array = None if data.array is None else array_sites(data.array, self.panel)  # bool [S]
         self.train, self.val = split_samples(len(self.panel.samples), data.val_fraction, config.train.seed)
         haplotypes_T = self.panel.haplotypes.T                                       # [2N, S]
         self.ref_tokens_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.train)])  # [H, S]
+        self.ref_present = self.panel.present_haplotypes()[haplotype_columns(self.train)]   # [H] (haploid: 2nd absent)
         self.val_haplotypes_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.val)])
         cm = genetic_positions(self.panel.chrom, self.panel.positions, data.genetic_map)
-        self.reference = ReferencePanel(self.ref_tokens_T.T, cm, device)
+        self.reference = ReferencePanel(self.ref_tokens_T.T, cm, device, self.ref_present)
         self.sites = PanelSites(self.panel.af, self.panel.variant_type, device)
 
     def describe(self) -> str:
@@ -76,8 +77,8 @@ class Trainer:
         self.model = ImputationModel(config.model, config.copying).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr, weight_decay=0.01)
         uses_faiss = config.model.mode != "none" and self.model.copying is None
-        self.retriever = make_retriever(config.retrieval, self.data.ref_tokens_T, self.data.windows) \
-            if uses_faiss else None
+        self.retriever = make_retriever(config.retrieval, self.data.ref_tokens_T, self.data.windows,
+                                        self.data.ref_present) if uses_faiss else None
         self.predictor = Predictor(self.model, config, self.data.sites, self.data.reference,
                                    self.data.windows, self.retriever)
         self.epoch, self.step, self.history = 0, 0, []
@@ -91,7 +92,7 @@ class Trainer:
         encode = key_encoder(self.model, data.sites, data.windows, self.retriever.key_ranges)
         seconds = self.retriever.refresh(encode)
         self.refresh_seconds += seconds
-        tqdm.write(f"refreshed reference keys of {len(data.windows)} windows ({why}) in {seconds:.3f}s")
+        note(f"refreshed reference keys of {len(data.windows)} windows ({why}) in {seconds:.3f}s")
 
     def train_epoch(self) -> float:
         """One epoch over (window, sample batches); returns the mean loss."""
@@ -102,7 +103,7 @@ class Trainer:
         n_steps = min(len(batches), train.steps_per_epoch or len(batches))
         losses = []
         self.model.train()
-        bar = tqdm(loader(batches, train.workers), total=n_steps, desc=f"epoch {self.epoch + 1}", leave=False)
+        bar = progress(loader(batches, train.workers), total=n_steps, desc=f"epoch {self.epoch + 1}", leave=False)
         for batch in bar:
             if len(losses) == n_steps:
                 break
@@ -166,7 +167,7 @@ class Trainer:
                               panel_sample=np.full(len(data.val), -1), observed_sites=data.array, shuffle=False)
         self.model.eval()
         losses, pieces = [], []
-        for batch in tqdm(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):
+        for batch in progress(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):
             ((_, (hap_logits, gt_logits)),) = self.predictor.span_logits(batch, [int(chosen[int(batch["span"])])])
             losses.append(float(masked_loss(hap_logits, gt_logits, batch)))
             pieces.append(hidden_site_predictions(batch, torch.sigmoid(hap_logits.float()).cpu(), data.panel.af))

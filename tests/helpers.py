@@ -4,6 +4,12 @@ import sys
 import tempfile
 
 
+# A training run that takes seconds on the test cohort (tests/conftest.py).
+TINY_TRAINING = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2",
+                 "--k", "4", "--key-flank", "16", "--context-sites", "12", "--half-width", "4", "--batch-size", "8",
+                 "--steps-per-epoch", "3", "--val-fraction", "0.2"]
+
+
 def record(pos, ref, alt, *genotypes, chrom="1", info="."):
     """One VCF record line with GT genotypes."""
     return "\t".join([chrom, str(pos), ".", ref, alt, ".", "PASS", info, "GT", *genotypes])

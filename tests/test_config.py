@@ -74,3 +74,18 @@ def test_an_unreadable_config_gives_one_line_that_says_why(tmp_path):
     torch.save({**stored, "config": None, "args": {"k": 3}, "model_config": OLD_MODEL}, path)
     with pytest.raises(InputError, match="older embrag_ext whose options cannot be read"):
         load_checkpoint(str(path), "cpu")
+
+
+def test_panel_options_travel_from_the_command_line_to_load_panel():
+    config = train.run_config(train.parse_options(["--multiallelic", "split", "--drop-bad-sites", "--af-from-info",
+                                                   "--region", "1:1-500"]))
+    assert config.data.panel_options() == dict(region="1:1-500", multiallelic="split", af_from_info=True,
+                                                af_file=None, drop_bad_sites=True)
+    stored = RunConfig.from_dict(config.to_dict())
+    assert stored.data == config.data
+    older = config.to_dict()
+    for name in ("multiallelic", "af_from_info", "af_file", "drop_bad_sites"):   # a checkpoint from before the flags
+        del older["data"][name]
+    assert RunConfig.from_dict(older).data.panel_options()["multiallelic"] == "skip"
+    with pytest.raises(SystemExit):
+        train.parse_options(["--multiallelic", "merge"])

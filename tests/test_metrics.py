@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from embrag_ext.metrics import MAF_BINS, alt_f1, dosage_metrics, maf_bin_index
+from embrag_ext.metrics import MAF_BINS, alt_f1, dosage_metrics, maf_bin_index, switch_error_rate
 
 
 def test_maf_bins():
@@ -106,3 +106,15 @@ def test_alt_f1_window_layout_and_undefined():
     assert math.isnan(result["common"]["precision"]) and math.isnan(result["common"]["f1"])
     none_right = alt_f1(np.array([[1]]), np.array([[0]]), np.array([[True]]), np.array([0.01]))
     assert none_right["rare"]["f1"] == 0.0
+
+
+def test_switch_error_rate_by_hand():
+    truth = np.array([[0, 1], [1, 0], [0, 0], [1, 0], [0, 1]])   # one sample: heterozygous at 0, 1, 3, 4
+    same = truth.copy()
+    assert switch_error_rate(truth, same) == 0.0
+    flipped_all = truth[:, ::-1]
+    assert switch_error_rate(truth, flipped_all) == 0.0            # phase relative to the start is free
+    one_switch = truth.copy()
+    one_switch[3:] = one_switch[3:, ::-1]                          # switch between het sites 1 and 3
+    assert switch_error_rate(truth, one_switch) == 1 / 3
+    assert np.isnan(switch_error_rate(truth[2:3], truth[2:3]))    # no heterozygous pair

@@ -11,6 +11,7 @@ from embrag_ext import panel_cache
 from embrag_ext.errors import InputError
 from embrag_ext.panel import DELETION, INSERTION, OTHER, SNP
 from embrag_ext.panel_vcf import load_panel
+from embrag_ext.tokens import MASK
 from embrag_ext.vcf_writer import write_phased_vcf
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -69,7 +70,8 @@ def test_multiallelic_skip_warns_and_split(make_vcf):
     assert split.haplotypes.tolist() == [[0, 1, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1]]
 
 
-@pytest.mark.parametrize("genotype, problem", [("0/1", "unphased"), (".|1", "missing"), ("./.", "missing")])
+@pytest.mark.parametrize("genotype, problem", [("0/1", "unphased"), (".|1", "missing"), ("./.", "missing"),
+                                               ("0/.", "unphased half-missing"), (".", "missing")])
 def test_bad_genotype_names_record_and_sample(make_vcf, genotype, problem):
     path = make_vcf("bad.vcf", [record(100, "A", "G", "0|1", "1|1"), record(200, "C", "T", "0|1", genotype)])
     with pytest.raises(InputError, match=rf"bad\.vcf: record 1:200: {problem} genotype for sample s2") as caught:
@@ -78,6 +80,36 @@ def test_bad_genotype_names_record_and_sample(make_vcf, genotype, problem):
     with pytest.warns(UserWarning, match="dropped 1 sites"):
         panel = load_panel(path, drop_bad_sites=True)
     assert panel.positions.tolist() == [100]
+
+
+def test_phase_free_homozygotes_are_accepted(make_vcf):
+    path = make_vcf("hom.vcf", [record(100, "A", "G", "0/0", "1|0"), record(200, "C", "T", "1/1", "0/0")])
+    assert load_panel(path).haplotypes.tolist() == [[0, 0, 1, 0], [1, 1, 0, 0]]
+
+
+def test_haploid_and_mixed_ploidy_panel(make_vcf):
+    path = make_vcf("x.vcf", [record(100, "A", "G", "1", "0|1", "0"), record(200, "C", "T", "0", "1|1", "1")],
+                    samples=("m1", "f1", "m2"))
+    panel = load_panel(path)
+    assert panel.ploidy.tolist() == [1, 2, 1]
+    M = MASK
+    assert panel.haplotypes.tolist() == [[1, M, 0, 1, 0, M], [0, M, 1, 1, 1, M]]
+    assert panel.present_haplotypes().tolist() == [True, False, True, True, True, False]
+    np.testing.assert_allclose(panel.af, [0.5, 0.75])        # over the 4 present alleles
+    cached = load_panel(path)
+    assert cached.ploidy.tolist() == [1, 2, 1] and isinstance(cached.haplotypes, np.memmap)
+    subset = panel.subset_samples([2, 1])
+    assert subset.ploidy.tolist() == [1, 2] and subset.haplotypes.tolist() == [[0, M, 0, 1], [1, M, 1, 1]]
+    np.testing.assert_allclose(subset.af, [1 / 3, 1.0])
+    split = make_vcf("xm.vcf", [record(100, "A", "G,T", "2", "0|1")], samples=("m1", "f1"))
+    assert load_panel(split, multiallelic="split").haplotypes.tolist() == [[0, M, 0, 1], [1, M, 0, 0]]
+
+
+def test_ploidy_must_not_change_along_a_sample(make_vcf):
+    path = make_vcf("par.vcf", [record(100, "A", "G", "1|0", "0|1"), record(200, "C", "T", "0", "1|1")])
+    with pytest.raises(InputError, match=r"par\.vcf: record 1:200: sample s1 has a haploid call here and diploid "
+                                         r"calls before: .*--region"):
+        load_panel(path)
 
 
 def test_several_contigs_need_a_region(make_vcf):

@@ -124,3 +124,19 @@ def test_flank_sites_weigh_less_with_distance_from_the_window():
     assert np.all(np.diff(scales[:10]) > 0) and np.all(np.diff(scales[20:]) < 0)
     assert np.isclose(scales[0] ** 2, np.exp(-10 / 5.0))
     assert np.all(site_scales(np.array([10, 20]), np.array([0, 30]), decay=0) == 1)
+
+
+def test_absent_haplotypes_are_never_retrieved(panel_tokens):
+    """Haploid samples' second rows (all MASK) are left out of the index; ids stay panel rows."""
+    present = np.ones(H, dtype=bool)
+    present[1::4] = False                        # samples 0, 2, 4, ... are haploid
+    panel_tokens[~present] = MASK
+    retriever = Retriever(panel_tokens, np.array([[0, S]]), np.array([[0, S]]), 8, present=present)
+    retriever.refresh(random_encoder())
+    queries = np.full((2, S), MASK, dtype=np.int64)          # queries close to an all-MASK row
+    queries[1] = panel_tokens[2]
+    ids, _ = retriever.search(0, OBSERVED, queries, np.array([-1, 1]))
+    assert not np.isin(ids.numpy(), np.flatnonzero(~present)).any()
+    assert ids[1].tolist().count(2) == 0 and ids[1, 0] != -1   # own sample (rows 2, 3) excluded, by panel row
+    full = make_retriever(panel_tokens, k=8).search(0, OBSERVED, queries, np.array([-1, 1]))[0]
+    assert np.isin(full.numpy(), np.flatnonzero(~present)).any()   # without `present` they would come back

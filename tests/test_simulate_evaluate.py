@@ -37,7 +37,10 @@ def test_simulate_cli_is_deterministic_and_consistent(tmp_path):
     assert panels["a"].samples == [f"panel_{i:04d}" for i in range(1, 31)]
     assert truth.samples == [f"target_{i:04d}" for i in range(1, 6)] == targets.samples
     assert truth.positions.tolist() == panels["a"].positions.tolist()
-    assert targets.typed.nonzero()[0].tolist() == list(range(0, panels["a"].n_sites, 3))
+    # every array site is typed, but A/T and C/G sites, which 10 target alleles cannot settle
+    unresolved = {d.site for d in targets.qc.decisions if d.category == "ambiguous_unresolved"}
+    assert {d.category for d in targets.qc.decisions} == {"matched", "ambiguous_unresolved"}
+    assert targets.typed.nonzero()[0].tolist() == [s for s in range(0, panels["a"].n_sites, 3) if s not in unresolved]
     for path in ("panel", "truth", "targets"):
         assert os.path.exists(tmp_path / "a" / f"{path}.vcf.gz.tbi")
     # only biallelic sites, and distinct positions
@@ -100,10 +103,13 @@ def test_major_allele_prediction_scores_low(cohort, tmp_path):
     assert result.stdout.count("MAF bin") == 2 and f"== {imputed}" in result.stdout
     assert json.loads((tmp_path / "major.eval.json").read_text())["dosage"] == report["dosage"]
     assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # --typed gives the same evaluated sites as the IMP flags
+    # --typed evaluates the sites absent from the target file; the IMP flags also count the sites QC excluded
     result = run_module("evaluate", "--truth", cohort["truth"], "--imputed", imputed,
                         "--panel", cohort["panel"], "--typed", cohort["targets"], "--out-json", tmp_path / "t.json")
-    assert json.loads((tmp_path / "t.json").read_text())["dosage"] == report["dosage"]
+    n_excluded = len(targets.qc.excluded())
+    assert n_excluded > 0
+    in_file = json.loads((tmp_path / "t.json").read_text())["n_sites_evaluated"]
+    assert in_file == panel.n_sites - len(targets.qc.decisions) == report["n_sites_evaluated"] - n_excluded
 
 
 def test_evaluate_bad_input(cohort, make_vcf, tmp_path):

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_TRAINING
 from embrag_ext import evaluate, impute, train, training
 from embrag_ext.dataset import SpanBatches
 from embrag_ext.errors import InputError, run_cli
 from embrag_ext.masking import MaskConfig
+from embrag_ext.panel_vcf import load_panel
+from embrag_ext.targets import load_targets
 from embrag_ext.tokens import MASK
 from embrag_ext.vcf_io import read_imputed
 
-TINY = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2",
-        "--k", "4", "--key-flank", "16", "--context-sites", "12", "--half-width", "4", "--batch-size", "8",
-        "--steps-per-epoch", "3", "--val-fraction", "0.2"]
+TINY = TINY_TRAINING
 
 
 def test_batches_are_deterministic_and_mask_like_an_array():
@@ -148,9 +149,11 @@ def test_impute_writes_a_vcf_that_evaluate_scores(cohort, tmp_path):
     truth = read_imputed(cohort["truth"])
     typed = read_imputed(cohort["targets"])
     assert calls.haplotypes.shape == truth.haplotypes.shape
-    typed_rows = np.isin(calls.positions, typed.positions)
-    assert np.array_equal(calls.haplotypes[typed_rows], typed.haplotypes)      # typed alleles kept
-    assert not calls.imputed[typed_rows].any() and calls.imputed[~typed_rows].all()
+    kept = load_targets(cohort["targets"], load_panel(cohort["panel"])).typed       # typed sites QC kept
+    assert kept.sum() < len(typed.positions)                                       # QC excluded some
+    typed_rows = np.isin(calls.positions, typed.positions) & kept
+    assert np.array_equal(calls.haplotypes[typed_rows], typed.haplotypes[np.isin(typed.positions, calls.positions[kept])])
+    assert not calls.imputed[kept].any() and calls.imputed[~kept].all()
     report = evaluate.main(["--truth", cohort["truth"], "--imputed", out, "--typed", cohort["targets"],
                             "--out-json", str(tmp_path / "eval.json")])
     assert os.path.isfile(tmp_path / "eval.json") and report is not None

@@ -118,7 +118,7 @@ def test_header_lines(out_dir, panel, alt_prob):
 
 def test_failed_write_leaves_nothing(out_dir, panel, alt_prob, monkeypatch):
     out = str(out_dir / "imputed.vcf.gz")
-    monkeypatch.setattr(vcf_writer, "_gt_column", lambda alleles: 1 / 0)
+    monkeypatch.setattr(vcf_writer, "_sample_columns", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         write_imputed_vcf(out, panel, SAMPLES, alt_prob)
     assert os.listdir(out_dir) == []
@@ -134,3 +134,85 @@ def test_bad_arguments(out_dir, panel, alt_prob):
     with pytest.raises(InputError, match="duplicates"):
         write_imputed_vcf(str(out_dir / "imputed.vcf.gz"), panel, ["a", "a", "b"], alt_prob)
     assert os.listdir(out_dir) == []
+
+
+def test_typed_and_imputed_flags(out_dir, panel, alt_prob):
+    out = str(out_dir / "flags.vcf")
+    typed = np.arange(panel.n_sites) % 4 == 0
+    write_imputed_vcf(out, panel, SAMPLES, alt_prob, typed=typed)
+    infos = [line.split("\t")[7] for line in open(out) if not line.startswith("#")]
+    assert [info.endswith(";TYPED") for info in infos] == typed.tolist()
+    assert [info.endswith(";IMP") for info in infos] == (~typed).tolist()
+    assert any(line.startswith("##INFO=<ID=TYPED,Number=0,Type=Flag") for line in open(out))
+
+
+def test_mixed_ploidy_is_written_haploid_and_diploid(out_dir, panel, alt_prob):
+    """Sample t2 is haploid: GT 0/1, DS = p, two GP values, from its first column only."""
+    ploidy = np.array([2, 1, 2], dtype=np.uint8)
+    out = str(out_dir / "x.vcf.gz")
+    written = write_imputed_vcf(out, panel, SAMPLES, alt_prob, ploidy=ploidy)
+    quality = written.quality
+    assert (written.status == "PASS").all()
+    calls = read_imputed(out)
+    assert calls.haploid[:, 1].all() and not calls.haploid[:, [0, 2]].any()
+    np.testing.assert_array_equal(calls.haplotypes[:, 2], alt_prob[:, 2] > 0.5)
+    assert (calls.haplotypes[:, 3] == MASK).all()
+    np.testing.assert_allclose(calls.dosage[:, 1], alt_prob[:, 2], atol=1e-6)
+    first = [line.rstrip("\n").split("\t") for line in __import__("gzip").open(out, "rt") if not line.startswith("#")][0]
+    p = alt_prob[0, 2]
+    assert first[10] == f"{int(p > 0.5)}:{vcf_writer._number(p)}:{vcf_writer._number(1 - p)},{vcf_writer._number(p)}"
+    present = alt_prob[:, [0, 1, 2, 4, 5]].astype(np.float64)
+    np.testing.assert_allclose(quality.alt_freq, present.mean(axis=1), atol=1e-6)
+    # DR2 with a haploid genotype: dose p, E[X^2] p
+    dose = np.stack([alt_prob[:, 0] + alt_prob[:, 1], alt_prob[:, 2], alt_prob[:, 4] + alt_prob[:, 5]], axis=1)
+    square = dose + np.stack([2 * alt_prob[:, 0] * alt_prob[:, 1], 0 * dose[:, 1], 2 * alt_prob[:, 4] * alt_prob[:, 5]], 1)
+    mean_term = dose.sum(1) ** 2 / 3
+    expected = np.maximum((dose ** 2).sum(1) - mean_term, 0) / (square.sum(1) - mean_term)
+    np.testing.assert_allclose(quality.dr2, expected, atol=1e-5)
+    if shutil.which("bcftools"):
+        gp = subprocess.run(["bcftools", "query", "-f", "[%GP\t]\n", out], capture_output=True, text=True,
+                            check=True).stdout.splitlines()[0].split("\t")
+        assert len(gp[0].split(",")) == 3 and len(gp[1].split(",")) == 2
+
+
+def test_site_filter_and_info_file(out_dir, panel, alt_prob):
+    typed = np.zeros(panel.n_sites, dtype=bool)
+    typed[10:20] = True
+    positions = panel.positions                                   # 100, 200, ..., 4000
+    quality = vcf_writer.site_quality(alt_prob, np.full(3, 2))
+    status = vcf_writer.site_filter(typed, quality.dr2, positions, min_dr2=0.5,
+                                    impute_span=(int(positions[10]) - 500, int(positions[19]) + 500))
+    outside = (positions < positions[10] - 500) | (positions > positions[19] + 500)
+    assert (status[outside] == vcf_writer.OUTSIDE_SPAN).all() and not typed[outside].any()
+    assert (status[typed] == "PASS").all()
+    low = ~typed & ~outside & (quality.dr2 < 0.5)
+    assert (status[low] == "DR2<0.5").all() and ((status == "PASS") == (typed | (~outside & ~low))).all()
+    out = str(out_dir / "filtered.vcf.gz")
+    written = write_imputed_vcf(out, panel, SAMPLES, alt_prob, typed=typed, min_dr2=0.5,
+                                impute_span=(int(positions[10]) - 500, int(positions[19]) + 500))
+    assert written.status.tolist() == status.tolist()
+    assert read_imputed(out).positions.tolist() == positions[status == "PASS"].tolist()
+    rows = [line.split("\t") for line in vcf_writer.info_file_text(panel, written).splitlines()]
+    assert rows[0] == ["SNP", "REF(0)", "ALT(1)", "ALT_Frq", "MAF", "AvgCall", "Rsq", "Genotyped", "DR2", "Filter"]
+    assert len(rows) == panel.n_sites + 1
+    site = 12
+    p = alt_prob[site].astype(np.float64)
+    freq = p.mean()
+    assert rows[1 + site][:3] == [f"1:{positions[site]}:A:C", "A", "C"]
+    assert [float(v) for v in rows[1 + site][3:7]] == pytest.approx(
+        [freq, min(freq, 1 - freq), np.maximum(p, 1 - p).mean(), p.var() / (freq * (1 - freq))], abs=6e-6)
+    assert rows[1 + site][7:] == ["Genotyped", f"{quality.dr2[site]:.2f}", "PASS"]
+    first_outside = int(np.flatnonzero(outside)[0])
+    assert rows[1 + first_outside][3:] == ["-", "-", "-", "-", "Imputed", "-", vcf_writer.OUTSIDE_SPAN]
+
+
+def test_phased_writer_haploid_and_unphased(out_dir):
+    out = str(out_dir / "gt.vcf")
+    haplotypes = np.array([[0, 1, 1, MASK], [1, 1, 0, MASK]], dtype=np.uint8)
+    vcf_writer.write_phased_vcf(out, "X", np.array([5, 9]), ["A", "C"], ["G", "T"], ["f", "m"], haplotypes,
+                                ploidy=np.array([2, 1]), unphased=True)
+    body = [line.rstrip("\n").split("\t")[9:] for line in open(out) if not line.startswith("#")]
+    assert body == [["0/1", "1"], ["1/1", "0"]]
+    calls = read_imputed(out)
+    assert not calls.phased                                       # 0/1 unphased: phase unknown
+    assert calls.haploid.tolist() == [[False, True], [False, True]]
