@@ -120,8 +120,8 @@ class CopyingRates(nn.Module):
                                   self.logit_mismatch.float())
 
     def describe(self) -> str:
-        return (f"Ne {math.exp(float(self.log_ne)):,.0f}, "
-                f"mismatch {float(torch.sigmoid(self.logit_mismatch)):.2e}")
+        return (f"Ne {math.exp(self.log_ne.item()):,.0f}, "
+                f"mismatch {torch.sigmoid(self.logit_mismatch.detach()).item():.2e}")
 
 
 def window_features(post: torch.Tensor, templates: torch.Tensor, window_alleles: torch.Tensor,
