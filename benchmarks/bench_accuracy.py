@@ -9,6 +9,9 @@ Per cohort (a demography and a seed; simulated once, cached in DIR/cohorts):
   to .msav, untimed, as a panel is prepared once) impute the targets;
 - embrag_ext trains on the panel with the targets' array (``--array``) in the
   modes ``embedding`` (the default), ``token`` and ``none``, then imputes;
+- all three get the same input: every typed site as given (``impute
+  --trust-strand``; the simulated targets are on the panel's strand) and
+  every panel site imputed (``--impute-all``);
 - every output is scored the same way on the untyped sites (evaluate.py):
   aggregate dosage r2 per MAF bin of the panel, NRD, the seed's ALT-F1
   rare / common, and the tool's own r2 estimate (DR2 / R2) beside the true
@@ -61,6 +64,8 @@ ABLATION = {
     "seed design (FAISS neighbours, no copying)": ["--copying", "off"],
 }
 BINS = [bin_label(low, high) for low, high in MAF_BINS]
+# Beagle and Minimac4 take every typed site as given and impute every panel site: so does embrag_ext here
+SAME_INPUT_AS_BEAGLE = ["--trust-strand", "--impute-all"]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -132,8 +137,8 @@ def embrag(files: Dict[str, str], work: Path, name: str, options: List[str], qui
                          "--out", str(run_dir), *train_options], run_dir / "train.log", threads)
     out = run_dir / "imputed.vcf.gz"
     impute_seconds = run([sys.executable, "-m", "embrag_ext.impute", "--checkpoint", str(run_dir / "checkpoint.pt"),
-                          "--panel", files["panel"], "--targets", files["targets"], "--out", str(out)],
-                         run_dir / "impute.log", threads)
+                          "--panel", files["panel"], "--targets", files["targets"], "--out", str(out),
+                          *SAME_INPUT_AS_BEAGLE, "--threads", str(threads)], run_dir / "impute.log", threads)
     return {"train_seconds": train_seconds, "impute_seconds": impute_seconds, "report": score(files, str(out))}
 
 

@@ -20,6 +20,7 @@ import torch
 from .config import RunConfig, run_config_from_checkpoint
 from .errors import InputError
 
+CHECKPOINT_NAME = "checkpoint.pt"   # in a training run's output directory
 REQUIRED_KEYS = ("model", "windows", "panel_positions")
 
 

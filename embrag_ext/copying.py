@@ -89,13 +89,17 @@ class Context:
 class CopyFeatures(NamedTuple):
     """What the copying posterior tells the model about one window of N query haplotypes.
 
-    alt_prob float [N, L]: the HMM's P(ALT); concentration float [N, L, 2]: the
-    largest posterior and the entropy / log(templates); ids int64 [N, k]: the
+    alt_prob float [N, L]: the HMM's P(ALT); sides float [N, L, 2]: P(ALT) from
+    the posterior at the observed site on the left and on the right alone
+    (they differ where the copied template likely switches between them);
+    concentration float [N, L, 2]: the largest posterior and the entropy /
+    log(templates), interpolated; ids int64 [N, k]: the
     fused templates (rows of the reference panel, -1 none); mass float [N, k]:
     their share of the posterior over the window; bias float [N, L, k]: the log
     of their interpolated posterior at each site.
     """
     alt_prob: torch.Tensor
+    sides: torch.Tensor
     concentration: torch.Tensor
     ids: torch.Tensor
     mass: torch.Tensor
@@ -140,7 +144,8 @@ def window_features(post: torch.Tensor, templates: torch.Tensor, window_alleles:
     left, right, weight = (t.to(post.device) for t in interp[:3])
     alt_at = _alt_given_copy(post, templates, window_alleles)                  # [N, Mw, L]
     sites = torch.arange(L, device=post.device)
-    alt_prob = (1 - weight) * alt_at[:, left, sites] + weight * alt_at[:, right, sites]   # [N, L]
+    sides = torch.stack([alt_at[:, left, sites], alt_at[:, right, sites]], -1)        # [N, L, 2]
+    alt_prob = (1 - weight) * sides[..., 0] + weight * sides[..., 1]                   # [N, L]
     largest = post.max(-1).values                                              # [N, Mw]
     entropy = -(post * torch.log(post.clamp_min(POSTERIOR_FLOOR))).sum(-1) / math.log(max(K, 2))
     concentration = torch.stack([_lerp(largest, left, right, weight), _lerp(entropy, left, right, weight)], -1)
@@ -149,7 +154,7 @@ def window_features(post: torch.Tensor, templates: torch.Tensor, window_alleles:
     bias = torch.log(((1 - weight)[:, None] * top_post[:, left] + weight[:, None] * top_post[:, right])
                      .clamp_min(POSTERIOR_FLOOR))                              # [N, L, k]
     mass = mass / mass.sum(-1, keepdim=True).clamp_min(POSTERIOR_FLOOR)
-    return CopyFeatures(alt_prob.clamp(0, 1), concentration, templates.gather(1, top), mass, bias)
+    return CopyFeatures(alt_prob.clamp(0, 1), sides.clamp(0, 1), concentration, templates.gather(1, top), mass, bias)
 
 
 def _alt_given_copy(post: torch.Tensor, templates: torch.Tensor, window_alleles: torch.Tensor) -> torch.Tensor:

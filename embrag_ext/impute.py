@@ -1,17 +1,20 @@
 """Impute target samples at the panel's sites: ``python -m embrag_ext.impute`` (``embrag-impute``).
 
-    python -m embrag_ext.impute --checkpoint runs/X/checkpoint.pt \\
-        --panel panel.vcf.gz --targets array.vcf.gz --out imputed.vcf.gz
+    python -m embrag_ext.impute --panel panel.vcf.gz --targets array.vcf.gz --out imputed.vcf.gz \\
+        [--checkpoint runs/X/checkpoint.pt]
 
 What it does, in order:
 
 1. reads the panel as the checkpoint's training run read it (region and the
-   panel options, unless given here);
+   panel options, unless given here); without ``--checkpoint``, as given here;
 2. aligns the targets to the panel with the alignment QC of qc.py and prints
    its table on stderr; ``--strict`` stops (exit 2) if QC excluded anything;
 3. pre-phases samples with unphased genotypes against the panel with an
    installed phaser (``--phaser``, phasing.py; phased input is used as it is);
-4. imputes every panel site (imputation.py); typed alleles are kept as given;
+4. without ``--checkpoint``, trains a model for this panel with the targets'
+   typed sites as its array, or reuses the one trained before for the same
+   panel file, options and typed sites (model_cache.py); then imputes every
+   panel site (imputation.py); typed alleles are kept as given;
 5. writes, each atomically and only once everything has worked:
    ``<out>`` (GT:DS:GP, INFO AF/DR2 and TYPED or IMP), ``<name>.info.gz``
    (Minimac-style per-site quality, every panel site), ``<name>.qc.json``
@@ -38,9 +41,10 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import add_panel_arguments
+from .config import DataConfig, add_panel_arguments
 from .errors import InputError, run_cli
 from .imputation import check_panel, impute_haplotypes, warn_if_other_array
+from .model_cache import cached_checkpoint
 from .panel_vcf import load_panel
 from .phasing import PHASER_CHOICES, find_phaser, prephase
 from .qc import QCThresholds
@@ -58,7 +62,8 @@ def default_threads() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m embrag_ext.impute", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by embrag_ext.train")
+    p.add_argument("--checkpoint", help="checkpoint.pt written by embrag_ext.train (default: a model trained "
+                                        "for this panel and these typed sites, cached for next time)")
     p.add_argument("--panel", required=True, help="the reference panel the model was trained on")
     p.add_argument("--targets", required=True, help="target VCF/BCF (typed sites; phased, unphased or mixed)")
     p.add_argument("--out", required=True, help="output .vcf.gz, .bcf or .vcf")
@@ -71,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="threads for the phaser and the VCF compression (default: the CPUs available)")
     p.add_argument("--strict", action="store_true", help="stop (exit 2) if QC excludes any target record")
+    p.add_argument("--trust-strand", action="store_true",
+                   help="keep A/T and C/G sites as given (the targets are on the panel's strand, as Beagle and "
+                        "Minimac4 assume) instead of settling their strand by allele frequency")
     p.add_argument("--max-af-diff", type=float, default=QC.max_af_diff,
                    help="exclude sites whose target AF differs from the panel's by more (and |z| > 5)")
     p.add_argument("--min-site-call-rate", type=float, default=QC.min_site_call_rate,
@@ -103,15 +111,18 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def load_inputs(args: argparse.Namespace, thresholds: QCThresholds):
-    """(checkpoint, panel, targets): the panel read as the checkpoint's run read it,
-    unless options here say otherwise; the targets aligned to it (QC)."""
-    checkpoint = load_checkpoint(args.checkpoint, args.device)
+    """(checkpoint, panel, targets): the panel read as the checkpoint's run read it
+    (or, without a checkpoint, as the options here say); the targets aligned to it
+    (QC); without --checkpoint, the cached model for this panel and typed sites."""
+    checkpoint = None if args.checkpoint is None else load_checkpoint(args.checkpoint, args.device)
     given = {name: getattr(args, name) for name in ("region", "multiallelic", "af_from_info", "af_file",
                                                     "drop_bad_sites") if getattr(args, name) is not None}
-    data = dataclasses.replace(checkpoint.config.data, **given)
+    data = dataclasses.replace(DataConfig() if checkpoint is None else checkpoint.config.data, **given)
     panel = load_panel(args.panel, **data.panel_options())
-    check_panel(panel, checkpoint)
     targets = load_targets(args.targets, panel, thresholds=thresholds, allow_unphased=args.phaser != "none")
+    if checkpoint is None:
+        checkpoint = cached_checkpoint(args.panel, data, panel, targets.typed, args.device)
+    check_panel(panel, checkpoint)
     warn_if_other_array(checkpoint, panel, targets.typed)
     return checkpoint, panel, targets
 
@@ -170,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     check_arguments(args)
     thresholds = QCThresholds(max_af_diff=args.max_af_diff, min_site_call_rate=args.min_site_call_rate,
-                              min_sample_call_rate=args.min_sample_call_rate)
+                              min_sample_call_rate=args.min_sample_call_rate, trust_strand=args.trust_strand)
     checkpoint, panel, targets = load_inputs(args, thresholds)
     print(targets.qc.table(sibling_path(args.out, ".qc.tsv")), file=sys.stderr, flush=True)
     if args.strict:

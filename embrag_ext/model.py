@@ -39,7 +39,7 @@ from .copying import CopyFeatures, CopyingRates, hmm_logit
 from .tokens import MASK, VOCAB_SIZE
 
 N_VARIANT_TYPES = 4
-N_COPY_FEATURES = 4   # logit(p) / 8, p, largest posterior, normalised entropy
+N_COPY_FEATURES = 6   # logit(p) / 8, p, p from the left / right observed site, largest posterior, entropy
 
 
 class Sites(NamedTuple):
@@ -224,7 +224,8 @@ class ImputationModel(nn.Module):
 
 def copy_inputs(copy: CopyFeatures) -> torch.Tensor:
     """[N, L, N_COPY_FEATURES] model inputs from the copy features."""
-    return torch.cat([hmm_logit(copy.alt_prob)[..., None] / 8, copy.alt_prob[..., None], copy.concentration], -1)
+    return torch.cat([hmm_logit(copy.alt_prob)[..., None] / 8, copy.alt_prob[..., None], copy.sides,
+                      copy.concentration], -1)
 
 
 def genotype_log_prior(alt_prob: torch.Tensor) -> torch.Tensor:

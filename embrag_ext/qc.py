@@ -17,6 +17,9 @@ excluded with its reason. The rules, in the order they are applied:
    whose ALT frequency is closer to the panel's is taken, provided the other
    strand's reading is rejected by the frequency test below (|z| > 5), else
    excluded as unresolved (a small target set cannot tell 0.35 from 0.65);
+   with ``trust_strand`` (``impute --trust-strand``: the targets are known to
+   be on the panel's strand, as Beagle and Minimac4 assume) they are kept as
+   given;
 4. several records on one panel site: all of them are excluded (``duplicate``);
 5. site call rate (samples with a complete genotype / samples) below 0.9:
    excluded, as the Michigan server excludes "SNPs call rate < 90%";
@@ -81,6 +84,7 @@ class QCThresholds:
     min_af_alleles: int = 20           # called target alleles needed to compare frequencies
     min_site_call_rate: float = 0.9    # sites below: excluded
     min_sample_call_rate: float = 0.9  # samples below: warned about
+    trust_strand: bool = False         # A/T, C/G sites kept as given, without the frequency check
 
     def __post_init__(self):
         for name in ("max_af_diff", "ambiguous_max_maf", "min_site_call_rate", "min_sample_call_rate"):
@@ -165,6 +169,8 @@ def settle_ambiguous(same_strand_af: float, n_alleles: int, panel_af: float, n_p
     """(category, detail) of an A/T or C/G site from its target ALT frequency
     on the same-strand reading (``n_alleles`` called) and the panel's (``n_panel`` alleles)."""
     detail = f"target AF {same_strand_af:.3f} (same strand), panel AF {panel_af:.3f}"
+    if thresholds.trust_strand:
+        return "ambiguous_same_strand", f"{detail}: kept as given (--trust-strand)"
     if min(panel_af, 1 - panel_af) > thresholds.ambiguous_max_maf:
         return "ambiguous_unresolved", f"panel MAF {min(panel_af, 1 - panel_af):.3f} > {thresholds.ambiguous_max_maf}"
     if n_alleles < thresholds.min_af_alleles:

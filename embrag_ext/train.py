@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from .config import (MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig,
                      add_panel_arguments)
 from .errors import InputError, run_cli
@@ -137,7 +137,7 @@ def resumed_run(options: argparse.Namespace) -> Tuple[RunConfig, str, Checkpoint
     """(the stored config with the command line's epochs, device and workers,
     the run's directory, its checkpoint)."""
     path = options.resume
-    path = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    path = os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise InputError(f"--resume {options.resume}: no checkpoint.pt there")
     checkpoint = load_checkpoint(path, options.device, flag="--resume")

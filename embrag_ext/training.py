@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .progress import note, progress
 
 from .array_sites import array_sites
-from .checkpoint import Checkpoint, write_checkpoint
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, write_checkpoint
 from .config import RunConfig
 from .dataset import SpanBatches, loader, split_samples
 from .demo import demo_cohort
@@ -198,7 +198,7 @@ class Trainer:
         """checkpoint.pt and metrics.json in the output directory, each written
         to a temporary file and renamed (an interrupted save never leaves a half-written file)."""
         data = self.data
-        write_checkpoint(os.path.join(self.out_dir, "checkpoint.pt"), Checkpoint(
+        write_checkpoint(os.path.join(self.out_dir, CHECKPOINT_NAME), Checkpoint(
             config=self.config, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             retriever=self.retriever.state_dict() if self.retriever else None,
             epoch=self.epoch, step=self.step, history=self.history,

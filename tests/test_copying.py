@@ -55,6 +55,9 @@ def test_window_features_match_brute_force(K):
     features = window_features(torch.tensor(post), torch.tensor(templates), torch.tensor(alleles), interp, k=4)
     alt, largest, top = brute_force(post, templates, alleles, interp, 4)
     np.testing.assert_allclose(features.alt_prob.numpy(), alt, atol=1e-12)
+    w = interp.weight.numpy()
+    np.testing.assert_allclose((1 - w) * features.sides[..., 0].numpy() + w * features.sides[..., 1].numpy(), alt,
+                               atol=1e-12)
     np.testing.assert_allclose(features.concentration[..., 0].numpy(), largest, atol=1e-12)
     assert features.ids.tolist() == np.take_along_axis(templates, top, 1).tolist()
     chosen = np.take_along_axis(templates, top, 1)

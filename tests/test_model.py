@@ -86,7 +86,8 @@ def test_an_untrained_model_with_copying_is_the_hmm(mode):
                             CopyConfig())
     gen = torch.Generator().manual_seed(3)
     alt_prob = torch.rand(2 * B, L, generator=gen)
-    copy = CopyFeatures(alt_prob, torch.rand(2 * B, L, 2, generator=gen), retrieved.ids,
+    copy = CopyFeatures(alt_prob, torch.rand(2 * B, L, 2, generator=gen), torch.rand(2 * B, L, 2, generator=gen),
+                        retrieved.ids,
                         torch.full((2 * B, K), 1 / K), torch.log(torch.rand(2 * B, L, K, generator=gen)))
     retrieved = Retrieved(retrieved.ids, retrieved.dist, retrieved.ref_tokens, copy.bias)
     hap_logits, gt_logits = model(tokens, sites, retrieved, copy)
