@@ -221,7 +221,7 @@ rag_fusion_backward(
                               beta_acc.data_ptr(),
                               alpha_acc.data_ptr(),
                               has_copy_bias ? gamma_acc.data_ptr() : nullptr,
-                              rag_fusion_delta_from_out(traffic_shape(p, write_grad_copy_bias))};
+                              /*delta_from_out=*/true};  // each device's launcher decides
   device_launchers(q).rag_fusion_backward(p, g);
   const auto dtype = q.scalar_type();
   return {grad_q,           tok_k_acc.to(dtype), tok_v_acc.to(dtype), site_v_acc.to(dtype),

@@ -1,7 +1,8 @@
 // rag_fusion on the CPU: the CUDA block bodies of csrc/kernels/rag_fusion.h,
 // one thread per block (SerialCtx), blocks spread over at::parallel_for. The
 // backward's accumulators are thread-private (one row of a zeroed tensor per
-// worker), summed into the op's accumulators at the end.
+// worker), summed into the op's accumulators at the end; it takes delta from
+// the saved output.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
@@ -73,6 +74,7 @@ ThreadAccumulators thread_accumulators(const RagFusionParams& p, const RagFusion
   t.all = at::zeros({workers, per_worker}, dtype);
   for (int w = 0; w < workers; ++w) {
     RagFusionGradParams mine = g;
+    mine.delta_from_out = true;  // compute-bound: a dot product per row, not K exponentials
     auto* base = static_cast<unsigned char*>(t.all[w].data_ptr());
     void** fields[] = {&mine.grad_tok_k, &mine.grad_tok_v, &mine.grad_site_v, &mine.grad_dist,
                        &mine.grad_beta,  &mine.grad_alpha, &mine.grad_gamma};

@@ -42,8 +42,10 @@ void launch_rag_fusion_forward_cuda(const RagFusionParams& p) {
 }
 
 void launch_rag_fusion_backward_cuda(const RagFusionParams& p, const RagFusionGradParams& g) {
-  check_launch(launch_rag_fusion_backward(rag_fusion_cuda_params(p, true), g, current_stream()),
-               "rag_fusion backward kernel");
+  const RagFusionParams fitted = rag_fusion_cuda_params(p, true);
+  RagFusionGradParams grads = g;  // bandwidth-bound: delta the way that moves fewer bytes
+  grads.delta_from_out = rag_fusion_delta_from_out(traffic_shape(fitted, g.grad_copy_bias != nullptr));
+  check_launch(launch_rag_fusion_backward(fitted, grads, current_stream()), "rag_fusion backward kernel");
 }
 
 void launch_window_embed_forward_cuda(const WindowEmbedTensors& t, at::Tensor& out) {

@@ -142,44 +142,4 @@ EMBRAG_HD int32_t popcount32(uint32_t x) {
 #endif
 }
 
-// 16 bytes of scalar_t, for coalesced vector loads and stores.
-template <typename scalar_t>
-struct alignas(16) Vec16 {
-  static constexpr int kSize = 16 / sizeof(scalar_t);
-  scalar_t v[kSize];
-};
-
-template <typename T>
-EMBRAG_HD bool aligned16(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
-// dst[e] = value(e) for e in [0, n) by the whole block, 16-byte stores when
-// dst is aligned (a coalesced write of a contiguous range).
-template <typename scalar_t, typename Ctx, typename Value>
-EMBRAG_HD void store_range(const Ctx& ctx, scalar_t* dst, int32_t n, const Value& value) {
-  constexpr int kVec = Vec16<scalar_t>::kSize;
-  const int32_t n_vec = aligned16(dst) ? n / kVec : 0;
-  for (int32_t i = ctx.thread(); i < n_vec; i += ctx.block_dim()) {
-    Vec16<scalar_t> v;
-    for (int j = 0; j < kVec; ++j) v.v[j] = element_cast<scalar_t>(value(i * kVec + j));
-    reinterpret_cast<Vec16<scalar_t>*>(dst)[i] = v;
-  }
-  for (int32_t i = n_vec * kVec + ctx.thread(); i < n; i += ctx.block_dim())
-    dst[i] = element_cast<scalar_t>(value(i));
-}
-
-// f(e, src[e]) for e in [0, n) by the whole block, 16-byte loads when src is
-// aligned (a coalesced read of a contiguous range).
-template <typename scalar_t, typename Ctx, typename F>
-EMBRAG_HD void load_range(const Ctx& ctx, const scalar_t* src, int32_t n, const F& f) {
-  constexpr int kVec = Vec16<scalar_t>::kSize;
-  const int32_t n_vec = aligned16(src) ? n / kVec : 0;
-  for (int32_t i = ctx.thread(); i < n_vec; i += ctx.block_dim()) {
-    const Vec16<scalar_t> v = reinterpret_cast<const Vec16<scalar_t>*>(src)[i];
-    for (int j = 0; j < kVec; ++j) f(i * kVec + j, v.v[j]);
-  }
-  for (int32_t i = n_vec * kVec + ctx.thread(); i < n; i += ctx.block_dim()) f(i, src[i]);
-}
-
 }  // namespace embrag

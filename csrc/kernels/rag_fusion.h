@@ -91,7 +91,11 @@ struct RagFusionGradParams {
   void* grad_beta;          // [n_heads] accumulated
   void* grad_alpha;         // [n_heads] accumulated
   void* grad_gamma;         // [n_heads] accumulated (with copy_bias)
-  bool delta_from_out;      // delta from the saved output, else from a first pass over K
+  // delta from the saved output, else from a first pass over K: the launchers
+  // decide (CUDA: whichever moves fewer bytes, rag_fusion_delta_from_out; the
+  // CPU, compute-bound: always the output, a dot product per row rather than
+  // K exponentials).
+  bool delta_from_out;
 };
 
 // Typed views of the pointers (scalar_t: float, double or a bfloat16 type).
@@ -147,6 +151,8 @@ struct LaneState {
   acc_t weight[kV + kV % 2];                 // forward: sum of exp(score - max); backward: of p_k
   acc_t max, sum;                            // forward: running max score, sum of exp(score - max)
   acc_t grad_beta, grad_alpha, grad_gamma;   // backward: this lane's share
+  acc_t dscore_sum;                          // backward: sum of dscore_k (0 with an exact delta)
+  acc_t p_dist, p_agree, p_copy_bias;        // backward: sums of p_k dist_k, p_k agree_k, p_k copy_bias_k
 };
 
 // The block's shared memory, carved from one buffer. Row arrays have a
@@ -166,6 +172,7 @@ struct RagFusionSmem {
   acc_t* g_rows;                  // [site_tile, D + 1] backward: grad_out rows
   acc_t* out_rows;                // [site_tile, D + 1] backward: out rows (overlaps the tile)
   // The neighbour tile:
+  int64_t* row;                   // [kNeighbourTile] their rows of ref_tokens, -1: none
   acc_t* dist;                    // [kNeighbourTile]
   uint8_t* token;                 // [kNeighbourTile, site_tile]
   uint32_t* match_bits;           // [kNeighbourTile, halo_words]
@@ -199,6 +206,7 @@ struct RagFusionSmem {
     if (backward) take(s.g_rows, rows);
     if (backward) take(s.q_rows, rows);
     const size_t tile_start = offset;
+    take(s.row, kNeighbourTile);
     take(s.dist, kNeighbourTile);
     take(s.token, kNeighbourTile * T);
     take(s.match_bits, kNeighbourTile * size_t(p.halo_words()));
@@ -307,20 +315,55 @@ class RagFusionBlock {
     return acc_t(1) / sqrt(acc_t(head_dim()));
   }
 
-  // x . y over one head (d_head elements).
+  // x . y over one head (d_head elements), in kLanes partial sums: the CPU
+  // vectorises it (a float sum in one order does not).
   template <typename Y>
   EMBRAG_HD acc_t head_dot(const acc_t* x, const Y* y) const {
+    constexpr int kLanes = 8;
+    acc_t lanes[kLanes] = {};
+    int32_t n = 0;
+    for (; n + kLanes <= head_dim(); n += kLanes)
+      for (int j = 0; j < kLanes; ++j) lanes[j] += x[n + j] * element_cast<acc_t>(y[n + j]);
     acc_t sum = 0;
-    for (int32_t n = 0; n < head_dim(); ++n) sum += x[n] * element_cast<acc_t>(y[n]);
+    for (; n < head_dim(); ++n) sum += x[n] * element_cast<acc_t>(y[n]);
+    for (int j = 0; j < kLanes; ++j) sum += lanes[j];
     return sum;
   }
 
-  // [n_sites, D] contiguous rows from src into smem rows of stride D + 1.
+  // Pointers to column col of the kV rows of a [kV, D] table in shared memory.
+  struct TableColumns {
+    const acc_t* row[kV];
+  };
+  EMBRAG_HD TableColumns table_columns(const acc_t* table, int32_t col) const {
+    TableColumns c;
+    for (int t = 0; t < kV; ++t) c.row[t] = table + t * p_.D + col;
+    return c;
+  }
+
+  // f(i, h, n0, n1) for the columns h * d_head + [n0, n1) of every row i of
+  // the tile: one element per call, consecutive threads on consecutive
+  // elements (coalesced); run serially (the CPU), one head slice per call, so
+  // that f hoists what depends on (i, h) and its loop over n vectorises.
+  template <typename F>
+  EMBRAG_HD void for_each_head_slice(const F& f) const {
+    const int32_t D = p_.D, dh = head_dim();
+    if (ctx_.block_dim() == 1) {
+      for (int32_t i = 0; i < n_sites_; ++i)
+        for (int32_t h = 0; h < p_.n_heads; ++h) f(i, h, 0, dh);
+      return;
+    }
+    for (int32_t e = ctx_.thread(); e < n_sites_ * D; e += ctx_.block_dim()) {
+      const int32_t i = e / D, d = e - i * D, h = d / dh, n = d - h * dh;
+      f(i, h, n, n + 1);
+    }
+  }
+
+  // The tile's [n_sites, D] rows of src into smem rows of stride D + 1.
   EMBRAG_HD void load_rows(const scalar_t* src, acc_t* dst) const {
-    const int32_t D = p_.D;
-    load_range(ctx_, src, n_sites_ * D, [&](int32_t e, scalar_t v) {
-      const int32_t i = e / D;
-      dst[i * row_stride() + e - i * D] = element_cast<acc_t>(v);
+    for_each_head_slice([&](int32_t i, int32_t h, int32_t n0, int32_t n1) {
+      const scalar_t* in = src + int64_t(i) * p_.D + h * head_dim();
+      acc_t* out = dst + i * row_stride() + h * head_dim();
+      for (int32_t n = n0; n < n1; ++n) out[n] = element_cast<acc_t>(in[n]);
     });
   }
 
@@ -387,9 +430,10 @@ class RagFusionBlock {
   // over the halo once (this is where bad indices are reported: Ctx).
   EMBRAG_HD void stage_neighbour_tile(int32_t k0) {
     const int32_t nw = int32_t(ceil_div(n_halo_, 32)), T = p_.site_tile, K = p_.K;
-    for (int32_t item = ctx_.thread(); item < kNeighbourTile * nw; item += ctx_.block_dim()) {
+    const int32_t n_tile = tile_neighbours(k0);
+    for (int32_t item = ctx_.thread(); item < n_tile * nw; item += ctx_.block_dim()) {
       const int32_t kk = item / nw, word = item - kk * nw, k = k0 + kk;
-      int64_t r = k < K ? p_.topk[int64_t(b_) * K + k] : -1;
+      int64_t r = p_.topk[int64_t(b_) * K + k];
       if (r < -1 || r >= p_.n_ref_rows) {  // reported; the neighbour is left out
         ctx_.bad_index("topk", r, -1, p_.n_ref_rows);
         r = -1;
@@ -397,46 +441,59 @@ class RagFusionBlock {
       if (word == 0) s_.dist[kk] = r >= 0 ? element_cast<acc_t>(in_.dist[int64_t(b_) * K + k]) : acc_t(0);
       const uint8_t* ref = p_.ref_tokens + (r < 0 ? 0 : r) * p_.ref_stride + halo_lo_;
       uint32_t bits = 0;
-      for (int32_t x = word * 32; x < min32(n_halo_, word * 32 + 32); ++x) {
-        uint8_t t = r < 0 ? kNoNeighbour : ref[x];
-        if (t >= p_.V && r >= 0) {  // reported; the neighbour is left out at this site
-          ctx_.bad_index("ref_tokens (at the rows topk selects)", t, 0, p_.V);
-          t = kNoNeighbour;
-        }
-        bits |= uint32_t(t < p_.V && t == s_.query_match[x]) << (x - word * 32);
-        const int32_t i = halo_lo_ + x - l0_;
-        if (i >= 0 && i < n_sites_) s_.token[kk * T + i] = t;
+      for (int32_t x = word * 32; r >= 0 && x < min32(n_halo_, word * 32 + 32); ++x) {
+        if (ref[x] >= p_.V)  // reported; the neighbour is left out at this site
+          ctx_.bad_index("ref_tokens (at the rows topk selects)", ref[x], 0, p_.V);
+        bits |= uint32_t(ref[x] < p_.V && ref[x] == s_.query_match[x]) << (x - word * 32);
       }
       s_.match_bits[kk * nw + word] = bits;
+      if (word == 0) s_.row[kk] = r;
     }
-    // Copy bias [B, L, K]: consecutive threads read consecutive neighbours.
+    ctx_.sync();
+    // Tokens at the tile's sites (consecutive threads on consecutive sites)
+    // and the copy bias [B, L, K] (consecutive threads on consecutive neighbours).
+    for (int32_t item = ctx_.thread(); item < n_tile * T; item += ctx_.block_dim()) {
+      const int32_t kk = item / T, i = item - kk * T;
+      const int64_t r = s_.row[kk];
+      const uint8_t t = r < 0 || i >= n_sites_ ? kNoNeighbour : p_.ref_tokens[r * p_.ref_stride + l0_ + i];
+      s_.token[kk * T + i] = t < p_.V ? t : kNoNeighbour;
+    }
     const auto* cb = in_.copy_bias;
-    for (int32_t item = ctx_.thread(); item < n_sites_ * kNeighbourTile; item += ctx_.block_dim()) {
-      const int32_t i = item / kNeighbourTile, kk = item % kNeighbourTile, k = k0 + kk;
-      s_.copy_bias[kk * tile_stride() + i] =
-          cb && k < K ? element_cast<acc_t>(cb[row(i) * K + k]) : acc_t(0);
+    for (int32_t item = ctx_.thread(); cb && item < n_sites_ * kNeighbourTile; item += ctx_.block_dim()) {
+      const int32_t i = item / kNeighbourTile, kk = item % kNeighbourTile;
+      if (kk < n_tile) s_.copy_bias[kk * tile_stride() + i] = element_cast<acc_t>(cb[row(i) * K + k0 + kk]);
     }
     ctx_.sync();
   }
 
-  // The neighbour loop over one staged tile, per (site i, lane j): the lane's
-  // agreements first, then per head the softmax state over its neighbours.
+  // Neighbours in the tile from k0.
+  EMBRAG_HD int32_t tile_neighbours(int32_t k0) const { return min32(kNeighbourTile, p_.K - k0); }
+
+  struct HeadScales {
+    acc_t beta, alpha, gamma;
+  };
+
+  // Score of the tile's neighbour kk at site i for the head of ps and sc;
+  // -inf when it has no token there (no neighbour, or a bad token).
+  EMBRAG_HD acc_t score(int32_t kk, int32_t i, const PairState<acc_t, kV>& ps,
+                        const HeadScales& sc) const {
+    const int t = s_.token[kk * p_.site_tile + i];
+    if (t == kNoNeighbour) return -INFINITY;
+    const int32_t cell = kk * tile_stride() + i;
+    const acc_t cb = in_.copy_bias ? s_.copy_bias[cell] : acc_t(0);
+    return ps.qk[t] + sc.beta * s_.dist[kk] + sc.alpha * s_.agree[cell] + sc.gamma * cb;
+  }
+
+  // The neighbour loop over one staged tile, per unit (site i, lane): the
+  // lane's agreements first, then per head its share of the softmax (forward)
+  // or of the gradients (backward).
   template <Pass kPass>
   EMBRAG_HD void neighbour_pass(int32_t k0) {
-    using std::exp;
-    const int32_t T = p_.site_tile, H = p_.n_heads, TS = tile_stride();
-    const int32_t nw = int32_t(ceil_div(n_halo_, 32));
+    const int32_t T = p_.site_tile, H = p_.n_heads, n_tile = tile_neighbours(k0);
     for (int32_t unit = ctx_.thread(); unit < n_units(); unit += ctx_.block_dim()) {
       const int32_t i = unit % T, lane = unit / T;
       if (i >= n_sites_) continue;
-      int32_t x0, x1;
-      window(i, x0, x1);
-      for (int32_t kk = lane; kk < kNeighbourTile; kk += lanes_) {
-        const bool present = s_.token[kk * T + i] != kNoNeighbour;
-        s_.agree[kk * TS + i] =
-            present ? acc_t(count_bits(s_.match_bits + kk * nw, x0, x1)) * s_.inv_observed[i] : acc_t(0);
-        if (kPass == Pass::kGrads) s_.grad_copy_bias[kk * TS + i] = s_.grad_dist[kk * TS + i] = 0;
-      }
+      lane_agreements(i, lane, n_tile, kPass == Pass::kGrads);
       for (int32_t h = 0; h < H; ++h) {
         LaneState<acc_t, kV>& slot = lane_state(unit, h);
         LaneState<acc_t, kV> st{};
@@ -444,39 +501,83 @@ class RagFusionBlock {
           st.max = -INFINITY;
         else
           st = slot;
-        const PairState<acc_t, kV>& ps = pair(i, h);
-        const acc_t beta = s_.scales[h], alpha = s_.scales[H + h], gamma = s_.scales[2 * H + h];
-        for (int32_t kk = lane; kk < kNeighbourTile; kk += lanes_) {
-          const int t = s_.token[kk * T + i];
-          if (t == kNoNeighbour) continue;
-          const acc_t agree = s_.agree[kk * TS + i], cb = s_.copy_bias[kk * TS + i];
-          const acc_t score = ps.qk[t] + beta * s_.dist[kk] + alpha * agree + gamma * cb;
-          if (kPass == Pass::kForward) {
-            if (score == -INFINITY) continue;  // an excluded template (copy_bias -inf)
-            if (score > st.max) {  // rescale the running sums to the new max
-              const acc_t r = exp(st.max - score);
-              st.sum *= r;
-              for (int u = 0; u < kV; ++u) st.weight[u] *= r;
-              st.max = score;
-            }
-            const acc_t e = exp(score - st.max);
-            st.sum += e;
-            add_at<kV>(st.weight, t, e);
-            continue;
-          }
-          const acc_t prob = exp(score - ps.lse);
-          if (prob == acc_t(0)) continue;  // no weight, no gradient (and no 0 * inf)
-          add_at<kV>(st.weight, t, prob);
-          if (kPass == Pass::kWeights) continue;
-          const acc_t dscore = prob * (ps.gv[t] + ps.g_site - ps.delta);
-          st.grad_beta += dscore * s_.dist[kk];
-          st.grad_alpha += dscore * agree;
-          st.grad_gamma += dscore * cb;
-          s_.grad_copy_bias[kk * TS + i] += gamma * dscore;
-          s_.grad_dist[kk * TS + i] += beta * dscore;
-        }
+        const HeadScales sc{s_.scales[h], s_.scales[H + h], s_.scales[2 * H + h]};
+        if (kPass == Pass::kForward)
+          lane_softmax(st, i, lane, n_tile, pair(i, h), sc);
+        else
+          lane_gradients<kPass>(st, i, lane, n_tile, pair(i, h), sc);
         slot = st;
       }
+    }
+  }
+
+  // agree of the lane's neighbours at site i (and, for the gradient pass,
+  // their cells of the per-neighbour gradients zeroed).
+  EMBRAG_HD void lane_agreements(int32_t i, int32_t lane, int32_t n_tile, bool zero_grads) const {
+    const int32_t nw = int32_t(ceil_div(n_halo_, 32)), TS = tile_stride();
+    int32_t x0, x1;
+    window(i, x0, x1);
+    for (int32_t kk = lane; kk < n_tile; kk += lanes_) {
+      const bool present = s_.token[kk * p_.site_tile + i] != kNoNeighbour;
+      s_.agree[kk * TS + i] =
+          present ? acc_t(count_bits(s_.match_bits + kk * nw, x0, x1)) * s_.inv_observed[i] : acc_t(0);
+      if (zero_grads) s_.grad_copy_bias[kk * TS + i] = s_.grad_dist[kk * TS + i] = 0;
+    }
+  }
+
+  // Online softmax, one tile at a time: the tile's max score first, so the
+  // running sums are rescaled at most once per tile.
+  EMBRAG_HD void lane_softmax(LaneState<acc_t, kV>& st, int32_t i, int32_t lane, int32_t n_tile,
+                              const PairState<acc_t, kV>& ps, const HeadScales& sc) const {
+    using std::exp;
+    acc_t tile_max = -INFINITY;
+    for (int32_t kk = lane; kk < n_tile; kk += lanes_) {
+      const acc_t s = score(kk, i, ps, sc);
+      tile_max = s > tile_max ? s : tile_max;
+    }
+    if (tile_max == -INFINITY) return;  // no neighbour of weight here (-inf: excluded)
+    if (tile_max > st.max) {
+      const acc_t r = exp(st.max - tile_max);
+      st.sum *= r;
+      for (int u = 0; u < kV; ++u) st.weight[u] *= r;
+      st.max = tile_max;
+    }
+    for (int32_t kk = lane; kk < n_tile; kk += lanes_) {
+      const acc_t s = score(kk, i, ps, sc);
+      if (s == -INFINITY) continue;
+      const acc_t e = exp(s - st.max);
+      st.sum += e;
+      add_at<kV>(st.weight, s_.token[kk * p_.site_tile + i], e);
+    }
+  }
+
+  // p_k = exp(score_k - lse) summed per token; for kGrads also
+  // dscore_k = p_k (gv[t_k] + g_site - delta) into the scale sums and the
+  // per-neighbour cells (copy bias: sum over heads of gamma dscore; distance:
+  // of beta dscore), and the sums merge_lanes corrects delta's rounding with.
+  template <Pass kPass>
+  EMBRAG_HD void lane_gradients(LaneState<acc_t, kV>& st, int32_t i, int32_t lane, int32_t n_tile,
+                                const PairState<acc_t, kV>& ps, const HeadScales& sc) const {
+    using std::exp;
+    const int32_t TS = tile_stride();
+    for (int32_t kk = lane; kk < n_tile; kk += lanes_) {
+      const acc_t prob = exp(score(kk, i, ps, sc) - ps.lse);
+      if (prob == acc_t(0)) continue;  // no weight, no gradient (and no 0 * inf)
+      const int t = s_.token[kk * p_.site_tile + i];
+      add_at<kV>(st.weight, t, prob);
+      if (kPass == Pass::kWeights) continue;
+      const int32_t cell = kk * TS + i;
+      const acc_t dscore = prob * (ps.gv[t] + ps.g_site - ps.delta);
+      const acc_t cb = in_.copy_bias ? s_.copy_bias[cell] : acc_t(0);
+      st.grad_beta += dscore * s_.dist[kk];
+      st.grad_alpha += dscore * s_.agree[cell];
+      st.grad_gamma += dscore * cb;
+      st.dscore_sum += dscore;
+      st.p_dist += prob * s_.dist[kk];
+      st.p_agree += prob * s_.agree[cell];
+      st.p_copy_bias += prob * cb;
+      s_.grad_copy_bias[cell] += sc.gamma * dscore;
+      s_.grad_dist[cell] += sc.beta * dscore;
     }
   }
 
@@ -519,23 +620,50 @@ class RagFusionBlock {
         ps.delta = 0;
         for (int u = 0; u < kV; ++u) ps.delta += weight[u] * (ps.gv[u] + ps.g_site);
       }
-      if (kPass == Pass::kGrads)
-        for (int u = 0; u < kV; ++u)
-          ps.coef[u] = weight[u] * (ps.gv[u] + ps.g_site - ps.delta) * key_scale();
+      if (kPass == Pass::kGrads) correct_delta(i, h, ps, weight);
     }
   }
 
-  // out[b, l0 + i, d] = valid site_v[l0 + i, d] + sum_t weight[t] tok_v[t, d].
+  // The backward's delta = sum_k p_k dp_k (dp_k = gv[t_k] + g_site) is exact
+  // only up to its rounding (the saved output is rounded to its dtype), and
+  // sum_k dscore_k = sum_k p_k (dp_k - delta) = (exact delta - delta) * sum_k p_k
+  // measures the error. Corrected here: coef from the exact delta, and the
+  // scale sums sum_k dscore_k x_k less the error times sum_k p_k x_k (into the
+  // site's lane 0), so a large common offset in x (a copy bias of -1e4 on
+  // every template) cannot amplify it. What remains is p_k times the error
+  // in each per-neighbour cell: the rounding of the output, no more.
+  EMBRAG_HD void correct_delta(int32_t i, int32_t h, PairState<acc_t, kV>& ps, const acc_t (&weight)[kV]) {
+    acc_t p_sum = 0, dscore_sum = 0, p_dist = 0, p_agree = 0, p_copy_bias = 0;
+    for (int u = 0; u < kV; ++u) p_sum += weight[u];
+    for (int32_t lane = 0; lane < lanes_; ++lane) {
+      const LaneState<acc_t, kV>& st = lane_state(lane * p_.site_tile + i, h);
+      dscore_sum += st.dscore_sum, p_dist += st.p_dist, p_agree += st.p_agree, p_copy_bias += st.p_copy_bias;
+    }
+    const acc_t error = p_sum > acc_t(0) ? dscore_sum / p_sum : acc_t(0);  // exact delta - delta
+    LaneState<acc_t, kV>& first = lane_state(i, h);
+    first.grad_beta -= error * p_dist;
+    first.grad_alpha -= error * p_agree;
+    first.grad_gamma -= error * p_copy_bias;
+    for (int u = 0; u < kV; ++u)
+      ps.coef[u] = weight[u] * (ps.gv[u] + ps.g_site - ps.delta - error) * key_scale();
+  }
+
+  // out[b, l0 + i, head h] = valid site_v[l0 + i, h] + sum_t weight[t] tok_v[t, h].
   EMBRAG_HD void store_out() {
-    const int32_t D = p_.D;
-    scalar_t* out = static_cast<scalar_t*>(p_.out) + row(0) * D;
-    const scalar_t* site_v = in_.site_v + int64_t(l0_) * D;
-    store_range(ctx_, out, n_sites_ * D, [&](int32_t e) {
-      const int32_t i = e / D, d = e - i * D;
-      const PairState<acc_t, kV>& ps = pair(i, d / head_dim());
-      acc_t v = ps.valid * element_cast<acc_t>(site_v[e]);
-      for (int t = 0; t < kV; ++t) v += ps.weight[t] * s_.tok_v[t * D + d];
-      return v;
+    for_each_head_slice([&](int32_t i, int32_t h, int32_t n0, int32_t n1) {
+      const PairState<acc_t, kV>& ps = pair(i, h);
+      acc_t weight[kV];
+      for (int t = 0; t < kV; ++t) weight[t] = ps.weight[t];
+      const acc_t valid = ps.valid;
+      const int32_t col = h * head_dim();
+      const TableColumns tok_v = table_columns(s_.tok_v, col);
+      const scalar_t* site_v = in_.site_v + int64_t(l0_ + i) * p_.D + col;
+      scalar_t* out = static_cast<scalar_t*>(p_.out) + row(i) * p_.D + col;
+      for (int32_t n = n0; n < n1; ++n) {
+        acc_t v = valid * element_cast<acc_t>(site_v[n]);
+        for (int t = 0; t < kV; ++t) v += weight[t] * tok_v.row[t][n];
+        out[n] = element_cast<scalar_t>(v);
+      }
     });
   }
 
@@ -556,31 +684,53 @@ class RagFusionBlock {
     }
   }
 
+  // grad_table[t, d] += sum_i pair(i, h(d)).*factor[t] * rows[i, d], t < V:
+  // per (t, d) a sum over the sites and one atomic add (CUDA); serially, row
+  // by row into the thread's own accumulator (the loop over n vectorises).
+  EMBRAG_HD void add_table_grad(acc_t* grad_table, acc_t (PairState<acc_t, kV>::*factor)[kV],
+                                const acc_t* rows) const {
+    const int32_t D = p_.D, RS = row_stride(), dh = head_dim();
+    if (ctx_.block_dim() == 1) {
+      for (int32_t i = 0; i < n_sites_; ++i)
+        for (int32_t h = 0; h < p_.n_heads; ++h)
+          for (int t = 0; t < p_.V; ++t) {
+            const acc_t f = (pair(i, h).*factor)[t];
+            acc_t* out = grad_table + t * D + h * dh;
+            const acc_t* row = rows + i * RS + h * dh;
+            for (int32_t n = 0; n < dh; ++n) ctx_.atomic_add(out + n, f * row[n]);
+          }
+      return;
+    }
+    for (int32_t e = ctx_.thread(); e < p_.V * D; e += ctx_.block_dim()) {
+      const int32_t t = e / D, d = e - t * D, h = d / dh;
+      acc_t sum = 0;
+      for (int32_t i = 0; i < n_sites_; ++i) sum += (pair(i, h).*factor)[t] * rows[i * RS + d];
+      ctx_.atomic_add(grad_table + e, sum);
+    }
+  }
+
   // grad_q of the tile's rows; the block's share of the table and scale gradients.
   EMBRAG_HD void store_row_grads(const RagFusionGrads<scalar_t>& g) {
     const int32_t D = p_.D, H = p_.n_heads, RS = row_stride();
-    store_range(ctx_, g.grad_q + row(0) * D, n_sites_ * D, [&](int32_t e) {
-      const int32_t i = e / D, d = e - i * D;
-      const PairState<acc_t, kV>& ps = pair(i, d / head_dim());
-      acc_t v = 0;
-      for (int t = 0; t < kV; ++t) v += ps.coef[t] * s_.tok_k[t * D + d];
-      return v;
-    });
-    for (int32_t e = ctx_.thread(); e < p_.V * D; e += ctx_.block_dim()) {
-      const int32_t t = e / D, d = e - t * D, h = d / head_dim();
-      acc_t key = 0, value = 0;
-      for (int32_t i = 0; i < n_sites_; ++i) {
-        key += pair(i, h).coef[t] * s_.q_rows[i * RS + d];
-        value += pair(i, h).weight[t] * s_.g_rows[i * RS + d];
+    for_each_head_slice([&](int32_t i, int32_t h, int32_t n0, int32_t n1) {
+      const PairState<acc_t, kV>& ps = pair(i, h);
+      acc_t coef[kV];
+      for (int t = 0; t < kV; ++t) coef[t] = ps.coef[t];
+      const acc_t valid = ps.valid;
+      const int32_t col = h * head_dim();
+      const TableColumns tok_k = table_columns(s_.tok_k, col);
+      scalar_t* grad_q = g.grad_q + row(i) * D + col;
+      acc_t* grad_site_v = g.grad_site_v + int64_t(l0_ + i) * D + col;
+      const acc_t* g_row = s_.g_rows + i * RS + col;
+      for (int32_t n = n0; n < n1; ++n) {
+        acc_t v = 0;
+        for (int t = 0; t < kV; ++t) v += coef[t] * tok_k.row[t][n];
+        grad_q[n] = element_cast<scalar_t>(v);
+        if (valid != acc_t(0)) ctx_.atomic_add(grad_site_v + n, g_row[n]);
       }
-      ctx_.atomic_add(g.grad_tok_k + e, key);
-      ctx_.atomic_add(g.grad_tok_v + e, value);
-    }
-    for (int32_t e = ctx_.thread(); e < n_sites_ * D; e += ctx_.block_dim()) {
-      const int32_t i = e / D, d = e - i * D;
-      const acc_t valid = pair(i, d / head_dim()).valid;
-      if (valid != acc_t(0)) ctx_.atomic_add(g.grad_site_v + int64_t(l0_) * D + e, s_.g_rows[i * RS + d]);
-    }
+    });
+    add_table_grad(g.grad_tok_k, &PairState<acc_t, kV>::coef, s_.q_rows);
+    add_table_grad(g.grad_tok_v, &PairState<acc_t, kV>::weight, s_.g_rows);
     for (int32_t h = ctx_.thread(); h < H; h += ctx_.block_dim()) {
       acc_t beta = 0, alpha = 0, gamma = 0;
       for (int32_t unit = 0; unit < n_units(); ++unit) {

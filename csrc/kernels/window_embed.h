@@ -157,17 +157,18 @@ inline Traffic window_embed_forward_traffic(int64_t B, int64_t L, int64_t D, int
 }
 
 // Backward: reads grad_out, the tokens and ids; writes the four table
-// gradients. Moved: grad_site and grad_tok accumulated (zeroed, shared),
-// then ATen: the pos/type rows zeroed and index_add-ed from grad_site, the
-// AF features built, features^T @ grad_site.
+// gradients (the zero fill of pos and type rows is that write). Moved on
+// top: grad_site [L, D] and grad_tok [V, D] zeroed and accumulated (shared,
+// once), then ATen: grad_site read by the two index_add calls, which
+// read-modify-write L rows each, and by features^T @ grad_site, with the AF
+// features [L, F] written and read.
 inline Traffic window_embed_backward_traffic(int64_t B, int64_t L, int64_t D, int64_t F, int64_t V,
                                              int64_t P, int64_t T, int64_t elem_bytes) {
   const double e = double(elem_bytes), LD = double(L) * D * e;
   const double in = B * L * (8 + D * e) + L * (16 + e), out = (V + P + F + T) * D * e;
-  const double grad_site = 2 * LD + 3 * LD;                    // zero + write; read by 3 ops
-  const double index_add = 2 * (2 * LD) + (P + T) * D * e;     // read-modify-write L rows; zeros
-  const double features = 2 * L * F * e + V * D * e;           // write + read; grad_tok zeros
-  return {in + out, in + out + grad_site + index_add + features};
+  const double accumulators = 2 * LD + V * D * e;  // zero fills; their accumulated writes: once
+  const double site_grads = 2 * (LD + 2 * LD) + LD + 2 * L * F * e;
+  return {in + out, in + out + accumulators + site_grads};
 }
 
 }  // namespace embrag
