@@ -330,14 +330,22 @@ class RagFusionBlock {
     return sum;
   }
 
-  // Pointers to column col of the kV rows of a [kV, D] table in shared memory.
-  struct TableColumns {
+  // sum_t factor[t] table[t, col + n] for the columns n of a head slice, the
+  // factors and row pointers held apart from the table (the CPU's loop over
+  // n then vectorises).
+  struct HeadMix {
+    acc_t factor[kV];
     const acc_t* row[kV];
+    EMBRAG_HD acc_t operator()(int32_t n) const {
+      acc_t v = 0;
+      for (int t = 0; t < kV; ++t) v += factor[t] * row[t][n];
+      return v;
+    }
   };
-  EMBRAG_HD TableColumns table_columns(const acc_t* table, int32_t col) const {
-    TableColumns c;
-    for (int t = 0; t < kV; ++t) c.row[t] = table + t * p_.D + col;
-    return c;
+  EMBRAG_HD HeadMix head_mix(const acc_t (&factor)[kV], const acc_t* table, int32_t col) const {
+    HeadMix mix;
+    for (int t = 0; t < kV; ++t) mix.factor[t] = factor[t], mix.row[t] = table + t * p_.D + col;
+    return mix;
   }
 
   // f(i, h, n0, n1) for the columns h * d_head + [n0, n1) of every row i of
@@ -651,19 +659,13 @@ class RagFusionBlock {
   // out[b, l0 + i, head h] = valid site_v[l0 + i, h] + sum_t weight[t] tok_v[t, h].
   EMBRAG_HD void store_out() {
     for_each_head_slice([&](int32_t i, int32_t h, int32_t n0, int32_t n1) {
-      const PairState<acc_t, kV>& ps = pair(i, h);
-      acc_t weight[kV];
-      for (int t = 0; t < kV; ++t) weight[t] = ps.weight[t];
-      const acc_t valid = ps.valid;
       const int32_t col = h * head_dim();
-      const TableColumns tok_v = table_columns(s_.tok_v, col);
+      const HeadMix values = head_mix(pair(i, h).weight, s_.tok_v, col);
+      const acc_t valid = pair(i, h).valid;
       const scalar_t* site_v = in_.site_v + int64_t(l0_ + i) * p_.D + col;
       scalar_t* out = static_cast<scalar_t*>(p_.out) + row(i) * p_.D + col;
-      for (int32_t n = n0; n < n1; ++n) {
-        acc_t v = valid * element_cast<acc_t>(site_v[n]);
-        for (int t = 0; t < kV; ++t) v += weight[t] * tok_v.row[t][n];
-        out[n] = element_cast<scalar_t>(v);
-      }
+      for (int32_t n = n0; n < n1; ++n)
+        out[n] = element_cast<scalar_t>(valid * element_cast<acc_t>(site_v[n]) + values(n));
     });
   }
 
@@ -713,20 +715,15 @@ class RagFusionBlock {
   EMBRAG_HD void store_row_grads(const RagFusionGrads<scalar_t>& g) {
     const int32_t D = p_.D, H = p_.n_heads, RS = row_stride();
     for_each_head_slice([&](int32_t i, int32_t h, int32_t n0, int32_t n1) {
-      const PairState<acc_t, kV>& ps = pair(i, h);
-      acc_t coef[kV];
-      for (int t = 0; t < kV; ++t) coef[t] = ps.coef[t];
-      const acc_t valid = ps.valid;
       const int32_t col = h * head_dim();
-      const TableColumns tok_k = table_columns(s_.tok_k, col);
+      const HeadMix keys = head_mix(pair(i, h).coef, s_.tok_k, col);
+      const bool valid = pair(i, h).valid != acc_t(0);
       scalar_t* grad_q = g.grad_q + row(i) * D + col;
       acc_t* grad_site_v = g.grad_site_v + int64_t(l0_ + i) * D + col;
       const acc_t* g_row = s_.g_rows + i * RS + col;
       for (int32_t n = n0; n < n1; ++n) {
-        acc_t v = 0;
-        for (int t = 0; t < kV; ++t) v += coef[t] * tok_k.row[t][n];
-        grad_q[n] = element_cast<scalar_t>(v);
-        if (valid != acc_t(0)) ctx_.atomic_add(grad_site_v + n, g_row[n]);
+        grad_q[n] = element_cast<scalar_t>(keys(n));
+        if (valid) ctx_.atomic_add(grad_site_v + n, g_row[n]);
       }
     });
     add_table_grad(g.grad_tok_k, &PairState<acc_t, kV>::coef, s_.q_rows);
