@@ -26,9 +26,13 @@
 // Backward (FlashAttention's pattern) recomputes p_k = exp(score_k - lse) and
 //   dscore_k = p_k (grad_out . (tok_v[t_k] + site_v[l]) - delta),
 //   delta = sum_k p_k grad_out . value_k = grad_out . out   (per head)
-// taking delta from the saved output, or from a first pass over the
-// neighbours when that reads fewer bytes (delta_from_out false); table and
-// scale gradients accumulate per block and are added once per block.
+// taking delta from the saved output or from a first pass over the
+// neighbours (the launchers choose: RagFusionGradParams.delta_from_out), and
+// correcting the rounding of the first (correct_delta); the per-neighbour
+// gradients are written per tile, the table and scale gradients accumulate
+// per block and are added once per block.
+//
+// At the end: the bandwidth model (bytes a pass must move and moves).
 #pragma once
 
 #include <cmath>
@@ -72,7 +76,6 @@ struct RagFusionParams {
 
   EMBRAG_HD int32_t head_dim() const { return D / n_heads; }
   EMBRAG_HD int32_t site_tiles() const { return int32_t(ceil_div(L, site_tile)); }
-  EMBRAG_HD int32_t neighbour_tiles() const { return int32_t(ceil_div(K, kNeighbourTile)); }
   // Sites a block reads around its tile for the agreement windows, at most.
   EMBRAG_HD int32_t halo() const { return min32(L, site_tile + 2 * half_width); }
   EMBRAG_HD int32_t halo_words() const { return int32_t(ceil_div(halo(), 32)); }
