@@ -12,12 +12,20 @@ Prints, in the summary:
   * the op's forward and forward+backward at N=200, M=400, K=2000 (the target:
     forward well under 1 s on 2 cores, backward within about 4x the forward);
   * time per (query * site * template) over K = 8 .. 2048 at N=64, M=256 and over
-    M = 50 .. 800 at N=64, K=512: flat means linear in K and in M. rag_fusion's
-    curve over K is measured by its own benchmark (bench_rag_fusion.py).
+    M = 50 .. 800 at N=64, K=512: flat means linear in K and in M. The output grows
+    with K and M (0.5 to 128 MiB over K), so past the caches each element also
+    pays its memory traffic (about 12 bytes) and first-touch page faults; at small
+    K a fixed cost per (query, site) (about 90 ns: reductions, a division, short
+    loops) shows. rag_fusion's curve over K is measured by its own benchmark
+    (bench_rag_fusion.py).
+Both sides run with denormals flushed to zero: the log-space reference's exp()
+underflows to denormal float64s (about exp(-700)), which x86 computes many times
+slower, and that would measure the CPU's slow path rather than the algorithm.
 Speed is reported, never asserted.
 """
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,11 +62,19 @@ def make_inputs(N, M, K, seed=0):
 IMPLS = {"fused": ops.copy_posterior, "reference": copy_posterior_reference}
 
 
+@pytest.fixture(autouse=True)
+def flush_denormals():
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)  # torch's default
+
+
 def _sizes(d):
     return " ".join(f"{k}={v}" for k, v in d.items())
 
 
 def _measure_peak(which, impl):  # in the subprocess
+    torch.set_flush_denormal(True)
     inputs = make_inputs(**COMPARE)
     PASSES[which](IMPLS[impl], inputs)  # warm-up: thread pools, lazy initialisation
     for t in inputs[4:]:
@@ -89,12 +105,19 @@ def bench_copy_posterior_target(benchmark, ratio_report, which):
     inputs = make_inputs(**TARGET)
     benchmark.pedantic(PASSES[which], (ops.copy_posterior, inputs), rounds=3, warmup_rounds=1)
     TIMES[which, "target"] = median_seconds(benchmark)
+    # CPU time of the process (all threads) for one more call: wall time alone
+    # depends on what else runs on the cores.
+    start = time.process_time()
+    PASSES[which](ops.copy_posterior, inputs)
+    TIMES[which, "target cpu"] = time.process_time() - start
     fwd, both = TIMES.get(("forward", "target")), TIMES.get(("forward+backward", "target"))
     if fwd and both:
+        fwd_cpu, both_cpu = TIMES["forward", "target cpu"], TIMES["forward+backward", "target cpu"]
         ratio_report(
             f"copy_posterior {_sizes(TARGET)} on {torch.get_num_threads()} threads: forward "
-            f"{fwd:.2f} s, forward+backward {both:.2f} s (backward {both - fwd:.2f} s = "
-            f"{(both - fwd) / fwd:.1f}x forward)")
+            f"{fwd:.2f} s wall ({fwd_cpu:.2f} s CPU), forward+backward {both:.2f} s wall "
+            f"({both_cpu:.2f} s CPU); backward = {(both - fwd) / fwd:.1f}x forward "
+            f"({(both_cpu - fwd_cpu) / fwd_cpu:.1f}x in CPU time)")
 
 
 def _curve(benchmark, ratio_report, axis, which, size, shape):
@@ -111,10 +134,12 @@ def _curve(benchmark, ratio_report, axis, which, size, shape):
         fixed = {k: v for k, v in spec.items() if k != "sizes"}
         points = "  ".join(f"{axis}={s}: {curve[s]:.2f}" for s in spec["sizes"])
         big = [curve[s] for s in spec["sizes"][2:]]
+        n_elems = [fixed["N"] * (fixed.get("M") or s) * (fixed.get("K") or s) for s in spec["sizes"]]
         ratio_report(
             f"copy_posterior {which:>16} ns per query*site*template over {axis} "
-            f"({_sizes(fixed)}): {points}  (max/min from {axis}={spec['sizes'][2]} on: "
-            f"{max(big) / min(big):.2f})")
+            f"({_sizes(fixed)}, output {n_elems[0] * 4 / 2**20:.1f} to "
+            f"{n_elems[-1] * 4 / 2**20:.0f} MiB): {points}  (max/min from "
+            f"{axis}={spec['sizes'][2]} on: {max(big) / min(big):.2f})")
 
 
 @pytest.mark.parametrize("K", CURVE_K["sizes"])

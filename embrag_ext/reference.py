@@ -96,15 +96,18 @@ def copy_posterior_reference(query, templates, ref_sites, switch_cm, log_rho, lo
                         -torch.inf)
     log_stay, log_jump = -dist, log_r[None, :] - n_valid.log()               # [M], [N, M]
 
-    log_alpha = [log_e[:, 0] - n_valid.log()]
+    # Per-site views made once (indexing log_e[:, m] in the loops would make each
+    # site's backward write a whole [N, M, K] gradient).
+    log_e, log_stay, log_jump = log_e.unbind(1), log_stay.unbind(0), log_jump.unbind(1)
+    log_alpha = [log_e[0] - n_valid.log()]
     for m in range(1, M):
         prev = log_alpha[-1]
-        moved = torch.logsumexp(prev, dim=1, keepdim=True) + log_jump[:, m:m + 1]
-        log_alpha.append(log_e[:, m] + torch.logaddexp(prev + log_stay[m], moved))
+        moved = torch.logsumexp(prev, dim=1, keepdim=True) + log_jump[m][:, None]
+        log_alpha.append(log_e[m] + torch.logaddexp(prev + log_stay[m], moved))
     log_beta = [torch.zeros_like(log_alpha[0])]
     for m in range(M - 1, 0, -1):
-        nxt = log_e[:, m] + log_beta[0]
-        moved = torch.logsumexp(nxt, dim=1, keepdim=True) + log_jump[:, m:m + 1]
+        nxt = log_e[m] + log_beta[0]
+        moved = torch.logsumexp(nxt, dim=1, keepdim=True) + log_jump[m][:, None]
         log_beta.insert(0, torch.logaddexp(nxt + log_stay[m], moved))
     log_joint = torch.stack(log_alpha, 1) + torch.stack(log_beta, 1)         # [N, M, K]
     has_template = valid.any(1)[:, None, None]

@@ -107,18 +107,35 @@ EMBRAG_HD CopyRates<acc_t> copy_rates(const scalar_t* log_rho, const scalar_t* l
 // and grad_coef = (s_off - s_diag) * jump, the log_rho term's factor (see the top), written
 // without dividing by r so that cm = 0 gives 0:
 //   s_off = r'/r, s_diag = -r' (1 - 1/K) / (stay + jump), r' = dr/dlog_rho = x exp(-x).
+// SiteRates is the part that does not depend on the query (the CPU computes it once per site).
+template <typename acc_t>
+struct SiteRates {
+  acc_t stay, r, dr;  // exp(-x), 1 - exp(-x), x exp(-x); x = rho * cm
+};
+
+template <typename acc_t>
+EMBRAG_HD SiteRates<acc_t> site_rates(acc_t rho, acc_t cm) {
+  using std::exp;
+  using std::expm1;
+  EMBRAG_DEVICE_CHECK(cm >= acc_t(0));
+  const acc_t x = rho * cm, stay = exp(-x);
+  return {stay, -expm1(-x), x * stay};
+}
+
 template <typename acc_t>
 struct SwitchStep {
   acc_t stay, jump, grad_coef;
 };
 
 template <typename acc_t>
+EMBRAG_HD SwitchStep<acc_t> switch_step(const SiteRates<acc_t>& s, acc_t inv_k) {
+  const acc_t jump = s.r * inv_k;
+  return {s.stay, jump, s.dr * inv_k + s.dr * (acc_t(1) - inv_k) * jump / (s.stay + jump)};
+}
+
+template <typename acc_t>
 EMBRAG_HD SwitchStep<acc_t> switch_step(acc_t rho, acc_t cm, acc_t inv_k) {
-  using std::exp;
-  using std::expm1;
-  EMBRAG_DEVICE_CHECK(cm >= acc_t(0));
-  const acc_t x = rho * cm, stay = exp(-x), jump = -expm1(-x) * inv_k, dr = x * stay;
-  return {stay, jump, dr * inv_k + dr * (acc_t(1) - inv_k) * jump / (stay + jump)};
+  return switch_step(site_rates(rho, cm), inv_k);
 }
 
 // Emission and score s = d log e / d logit_theta of a template carrying allele 0 / 1,
