@@ -87,10 +87,14 @@ def extensions():
     # python/module.cpp): quotes would not survive the shell ninja runs
     # compilers in. Host compiler only: nvcc reads commas in -D as separators.
     info_flags = [f"-DEMBRAG_TORCH_VERSION={torch.__version__}"]
+    # at::parallel_for is an inline template: without -fopenmp it compiles to a serial
+    # call in the extension. torch ships libgomp.so.1, which the extension then shares.
+    openmp = ["-fopenmp"]
     if not build_cuda:
         return [cpp_extension.CppExtension(
             "embrag_ext._C", sources["common"],
-            extra_compile_args={"cxx": ["-O3", "-Wall"] + info_flags})]
+            extra_compile_args={"cxx": ["-O3", "-Wall"] + openmp + info_flags},
+            extra_link_args=openmp)]
 
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     info_flags += [f"-DEMBRAG_CUDA_ARCHS={archs.replace(';', ',')}",
@@ -99,8 +103,9 @@ def extensions():
         "embrag_ext._C",
         sources["common"] + sources["cuda_host"] + sources["cuda_kernel"],
         define_macros=[("EMBRAG_WITH_CUDA", None)],
-        extra_compile_args={"cxx": ["-O3", "-Wall"] + info_flags,
-                            "nvcc": read_list("nvcc_flags.txt")})]
+        extra_compile_args={"cxx": ["-O3", "-Wall"] + openmp + info_flags,
+                            "nvcc": read_list("nvcc_flags.txt")},
+        extra_link_args=openmp)]
 
 
 def build_ext_class():

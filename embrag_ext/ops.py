@@ -158,3 +158,58 @@ def check_reference_tokens(ref_tokens, n_tokens):
     if ref_tokens.numel() and int(ref_tokens.max()) >= n_tokens:
         raise InputError(f"ref_tokens values must lie in [0, {n_tokens}), "
                          f"found {int(ref_tokens.max())}")
+
+
+# ---- copy_posterior ---------------------------------------------------------
+
+
+def copy_posterior(query, templates, ref_sites, switch_cm, log_rho, logit_theta):
+    """Li-Stephens copying posterior of each query haplotype over its templates.
+
+    query [N, M] uint8 alleles at the M typed sites (0 REF, 1 ALT, 2 MASK = missing);
+    templates [N, K] int64 columns of ref_sites (-1 = no template); ref_sites [M, H]
+    uint8 0/1, site-major (unit stride along H; a row slice of a larger array is fine);
+    switch_cm [M] float32/float64 cM from typed site m - 1 to m (entry 0 unused);
+    log_rho, logit_theta 0-d tensors of switch_cm's dtype. With K_n valid templates,
+    r_m = 1 - exp(-exp(log_rho) switch_cm[m]), theta = sigmoid(logit_theta):
+      P(z_0 = k) = 1 / K_n,  P(z_m = k | z_{m-1} = j) = (1 - r_m) [k == j] + r_m / K_n,
+      emission 1 - theta on a match, theta on a mismatch, 1 at MASK.
+    Returns post [N, M, K] (switch_cm's dtype) = P(z_m = k | query n's alleles): rows
+    sum to 1 over the valid templates, 0 for invalid ones and for a query with none.
+    Gradients flow to log_rho and logit_theta (not to switch_cm, which is data).
+    float32/float64 on the CPU, float32 on CUDA; O(N M K) time and memory. The
+    kernels check the template ids, the alleles and switch_cm as they read them
+    (on CUDA a device-side assert): the op never synchronises with the host.
+    """
+    return torch.ops.embrag.copy_posterior(query, templates, ref_sites, switch_cm, log_rho,
+                                           logit_theta)
+
+
+@torch.library.register_fake("embrag::copy_posterior")
+def _copy_posterior_fake(query, templates, ref_sites, switch_cm, log_rho, logit_theta):
+    torch._check(query.dim() == 2, lambda: "query must be 2-D [N, M]")
+    torch._check(templates.dim() == 2, lambda: "templates must be 2-D [N, K]")
+    return switch_cm.new_empty((query.shape[0], query.shape[1], templates.shape[1]))
+
+
+@torch.library.register_fake("embrag::copy_posterior_backward")
+def _copy_posterior_backward_fake(grad_post, query, templates, ref_sites, switch_cm, log_rho,
+                                  logit_theta):
+    return log_rho.new_empty(()), logit_theta.new_empty(())
+
+
+def _copy_posterior_setup_context(ctx, inputs, output):
+    # The backward reruns the forward sweep: it saves the inputs only, not the posterior.
+    ctx.save_for_backward(*inputs)
+
+
+def _copy_posterior_backward(ctx, grad_post):
+    grad_log_rho, grad_logit_theta = torch.ops.embrag.copy_posterior_backward(
+        grad_post, *ctx.saved_tensors)
+    # No gradient for the alleles, the template ids, nor the genetic distances (data).
+    return None, None, None, None, grad_log_rho, grad_logit_theta
+
+
+torch.library.register_autograd(
+    "embrag::copy_posterior", _copy_posterior_backward,
+    setup_context=_copy_posterior_setup_context)

@@ -145,3 +145,49 @@ def random_rag_fusion_inputs(B, L, D, K, n_heads, half_width, *, copy_bias=True,
     return dict(inputs, topk=topk.to(device), ref_tokens=panel.to(device)[:, 4:4 + L],
                 q_tokens=q_tokens.to(device), observed=observed.to(device), n_heads=n_heads,
                 half_width=half_width)
+
+
+def copy_posterior_reference(query, templates, ref_sites, switch_cm, log_rho, logit_theta):
+    """[N, M, K] float64: the Li-Stephens copying posterior (see ops.copy_posterior),
+    by the textbook log-space forward-backward, unscaled, one site at a time.
+
+    An invalid template (id -1) gets a log-emission of -1e30 (finite, so no NaN
+    reaches the gradient) and a posterior of 0; a query with none gets all zeros.
+    Differentiable in log_rho and logit_theta.
+    """
+    f64 = torch.float64
+    N, M = query.shape
+    valid = templates >= 0                                                   # [N, K]
+    n_valid = valid.sum(1, keepdim=True).clamp(min=1).to(f64)                # [N, 1]
+    # alleles[n, m, k] = ref_sites[m, templates[n, k]]
+    alleles = ref_sites.long()[:, templates.clamp(min=0)].permute(1, 0, 2)  # [N, M, K]
+    x = logit_theta.to(f64)
+    log_match, log_mismatch = torch.nn.functional.logsigmoid(-x), torch.nn.functional.logsigmoid(x)
+    q = query.long()[:, :, None]
+    log_e = torch.where(q == 2, torch.zeros((), dtype=f64),
+                        torch.where(alleles == q, log_match, log_mismatch))
+    log_e = torch.where(valid[:, None, :], log_e, torch.full((), -1e30, dtype=f64))
+    # log(1 - r) = -rho d; log r, with a second where so that d = 0 gives no NaN gradient.
+    dist = torch.exp(log_rho.to(f64)) * switch_cm.to(f64)                    # [M]
+    positive = dist > 0
+    log_r = torch.where(positive, torch.log(-torch.expm1(-torch.where(positive, dist, 1.0))),
+                        -torch.inf)
+    log_stay, log_jump = -dist, log_r[None, :] - n_valid.log()               # [M], [N, M]
+
+    # Per-site views made once (indexing log_e[:, m] in the loops would make each
+    # site's backward write a whole [N, M, K] gradient).
+    log_e, log_stay, log_jump = log_e.unbind(1), log_stay.unbind(0), log_jump.unbind(1)
+    log_alpha = [log_e[0] - n_valid.log()]
+    for m in range(1, M):
+        prev = log_alpha[-1]
+        moved = torch.logsumexp(prev, dim=1, keepdim=True) + log_jump[m][:, None]
+        log_alpha.append(log_e[m] + torch.logaddexp(prev + log_stay[m], moved))
+    log_beta = [torch.zeros_like(log_alpha[0])]
+    for m in range(M - 1, 0, -1):
+        nxt = log_e[m] + log_beta[0]
+        moved = torch.logsumexp(nxt, dim=1, keepdim=True) + log_jump[m][:, None]
+        log_beta.insert(0, torch.logaddexp(nxt + log_stay[m], moved))
+    log_joint = torch.stack(log_alpha, 1) + torch.stack(log_beta, 1)         # [N, M, K]
+    has_template = valid.any(1)[:, None, None]
+    return torch.softmax(log_joint, dim=-1) * (valid[:, None, :] & has_template)
+

@@ -80,7 +80,7 @@ py::dict window_embed_traffic(int64_t B, int64_t L, int64_t D, int64_t F, int64_
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "embrag_ext fused operators (window_embed, rag_fusion); see embrag_ext.ops";
+  m.doc() = "embrag_ext fused operators (window_embed, rag_fusion, copy_posterior); see embrag_ext.ops";
   m.def("build_info", &build_info,
         "How this extension was built: torch version, CUDA kernels and architectures, compilers.");
   m.def("rag_fusion_traffic", &rag_fusion_traffic, py::arg("B"), py::arg("L"), py::arg("K"),

@@ -22,4 +22,11 @@ TORCH_LIBRARY(embrag, m) {
       "Tensor observed, Tensor alpha, int n_heads, int half_width, Tensor? copy_bias, "
       "Tensor? gamma, Tensor out, Tensor lse, bool copy_bias_grad) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "copy_posterior(Tensor query, Tensor templates, Tensor ref_sites, Tensor switch_cm, "
+      "Tensor log_rho, Tensor logit_theta) -> Tensor");
+  m.def(
+      "copy_posterior_backward(Tensor grad_post, Tensor query, Tensor templates, "
+      "Tensor ref_sites, Tensor switch_cm, Tensor log_rho, Tensor logit_theta) "
+      "-> (Tensor, Tensor)");
 }

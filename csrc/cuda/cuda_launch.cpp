@@ -5,6 +5,8 @@
 // only CUDA has, and check every launch.
 #include <c10/cuda/CUDAStream.h>
 
+#include <limits>
+
 #include "../launch.h"
 #include "kernels.h"
 
@@ -32,6 +34,13 @@ RagFusionParams rag_fusion_cuda_params(const RagFusionParams& p, bool backward) 
 void check_float32(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, name,
               " must be float32 on CUDA (float64 runs on the CPU), got ", t.scalar_type());
+}
+
+// copy_posterior runs one block per query.
+void check_copy_posterior_cuda(const CopyPosteriorTensors& t) {
+  check_float32(t.switch_cm, "switch_cm");
+  TORCH_CHECK(t.N <= std::numeric_limits<int>::max(),
+              "copy_posterior on CUDA supports at most 2^31 - 1 queries (N), got ", t.N);
 }
 
 }  // namespace
@@ -64,6 +73,31 @@ void launch_window_embed_backward_cuda(const WindowEmbedTensors& t, const at::Te
   check_launch(launch_window_embed_backward(t.backward_args<float>(grad_out, grad_site, grad_tok),
                                             current_stream()),
                "window_embed backward kernel");
+}
+
+void launch_copy_posterior_forward_cuda(const CopyPosteriorTensors& t, at::Tensor& post) {
+  check_copy_posterior_cuda(t);
+  auto carry = at::empty({t.N, t.K}, post.options());
+  check_launch(launch_copy_posterior_forward(t.args<float>(), post.data_ptr<float>(),
+                                             carry.data_ptr<float>(), current_stream()),
+               "copy_posterior forward kernel");
+}
+
+void launch_copy_posterior_backward_cuda(const CopyPosteriorTensors& t, const at::Tensor& grad_post,
+                                         at::Tensor& grad_log_rho, at::Tensor& grad_logit_theta) {
+  check_copy_posterior_cuda(t);
+  const auto options = grad_post.options();
+  auto alpha = at::empty(t.post_shape(), options), alpha_g = at::empty(t.post_shape(), options);
+  auto u = at::empty({t.N, t.K}, options), v = at::empty({t.N, t.K}, options);
+  auto per_query = at::zeros({t.N, 2}, options);
+  const CopyPosteriorGrad<float, float> grad{grad_post.data_ptr<float>(), alpha.data_ptr<float>(),
+                                             alpha_g.data_ptr<float>(), u.data_ptr<float>(),
+                                             v.data_ptr<float>(), per_query.data_ptr<float>()};
+  check_launch(launch_copy_posterior_backward(t.args<float>(), grad, current_stream()),
+               "copy_posterior backward kernel");
+  // Per-query partials, summed by two reductions (no float atomics).
+  at::sum_out(grad_log_rho, per_query.select(1, 0));
+  at::sum_out(grad_logit_theta, per_query.select(1, 1));
 }
 
 }  // namespace embrag

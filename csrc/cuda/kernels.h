@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "../kernels/copy_posterior.h"
 #include "../kernels/rag_fusion.h"
 #include "../kernels/window_embed.h"
 
@@ -27,5 +28,14 @@ cudaError_t launch_window_embed_backward(const WindowEmbedBackwardArgs<float>& a
 inline size_t window_embed_backward_smem_bytes(int64_t V, int64_t D) {
   return size_t(V * D) * sizeof(float);
 }
+
+// copy_posterior (float32), one block per query: post [N, M, K]; carry [N, K] scratch.
+cudaError_t launch_copy_posterior_forward(const CopyPosteriorArgs<float>& args, float* post,
+                                          float* carry, cudaStream_t stream);
+// grad.grads [N, 2]: per query dL/dlog_rho, dL/dlogit_theta; grad.alpha and
+// grad.alpha_g [N, M, K], grad.u and grad.v [N, K] scratch.
+cudaError_t launch_copy_posterior_backward(const CopyPosteriorArgs<float>& args,
+                                           const CopyPosteriorGrad<float, float>& grad,
+                                           cudaStream_t stream);
 
 }  // namespace embrag
