@@ -1,6 +1,6 @@
 // The thread context (csrc/kernels/device.h) of a block run serially on the
 // CPU: one thread, no barrier needed, plain adds (into thread-private
-// accumulators), and a bad index raised as the op's one-line error.
+// accumulators), and a bad index or value raised as the op's one-line error.
 #pragma once
 
 #include "../checks.h"
@@ -20,6 +20,9 @@ struct SerialCtx {
   }
   [[noreturn]] void bad_index(const char* name, int64_t value, int64_t low, int64_t high) const {
     fail_index(name, value, low, high);
+  }
+  [[noreturn]] void bad_value(const char* name, double value, const char* rule) const {
+    TORCH_CHECK(false, name, " values must be ", rule, ", found ", value);
   }
 };
 

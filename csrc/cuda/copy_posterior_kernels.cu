@@ -1,6 +1,7 @@
 // copy_posterior CUDA kernels: thin __global__ wrappers around the block bodies
 // in csrc/kernels/copy_posterior.h (the same bodies the SIMT shim tests), one
-// block per query.
+// block per query, each launch followed by the report of a bad input
+// (csrc/kernels/device.h).
 #include "kernels.h"
 
 namespace embrag {
@@ -41,6 +42,7 @@ cudaError_t launch_copy_posterior_forward(const CopyPosteriorArgs<float>& args, 
   const int threads = threads_for(args.K);
   copy_posterior_forward_kernel<<<unsigned(args.N), threads, smem_bytes(threads), stream>>>(
       args, post, carry);
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
   return cudaGetLastError();
 }
 
@@ -51,6 +53,7 @@ cudaError_t launch_copy_posterior_backward(const CopyPosteriorArgs<float>& args,
   const int threads = threads_for(args.K);
   copy_posterior_backward_kernel<<<unsigned(args.N), threads, smem_bytes(threads), stream>>>(
       args, grad);
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
   return cudaGetLastError();
 }
 

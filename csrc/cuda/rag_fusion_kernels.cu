@@ -25,7 +25,7 @@ __global__ void rag_fusion_backward_kernel(const RagFusionParams p, const RagFus
 
 // Launches kernel on the (site tiles, queries) grid with smem_bytes of
 // dynamic shared memory, opting in above the 48 KiB default, then the report
-// of a bad index (csrc/kernels/device.h).
+// of a bad input (csrc/kernels/device.h).
 template <typename Kernel, typename... Args>
 cudaError_t launch(Kernel kernel, const RagFusionParams& p, size_t smem_bytes, cudaStream_t stream,
                    const Args&... args) {
@@ -35,7 +35,7 @@ cudaError_t launch(Kernel kernel, const RagFusionParams& p, size_t smem_bytes, c
     if (err != cudaSuccess) return err;
   }
   kernel<<<dim3(unsigned(p.site_tiles()), unsigned(p.B)), kRagFusionThreads, smem_bytes, stream>>>(args...);
-  report_bad_index_kernel<<<1, 1, 0, stream>>>();
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
   return cudaGetLastError();
 }
 

@@ -1,6 +1,6 @@
 // window_embed CUDA kernels: thin __global__ wrappers around the block bodies
 // in csrc/kernels/window_embed.h (the same bodies the SIMT shim tests), each
-// followed by the report of a bad index (csrc/kernels/device.h).
+// followed by the report of a bad input (csrc/kernels/device.h).
 #include "kernels.h"
 
 namespace embrag {
@@ -25,7 +25,7 @@ cudaError_t launch_window_embed_forward(const WindowEmbedArgs<float>& args, cuda
   const dim3 grid(unsigned(args.L), unsigned(ceil_div(args.B, kForwardBatchTile)));
   const size_t smem = size_t(args.F + args.D) * sizeof(float);
   window_embed_forward_kernel<<<grid, kThreads, smem, stream>>>(args);
-  report_bad_index_kernel<<<1, 1, 0, stream>>>();
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
   return cudaGetLastError();
 }
 
@@ -41,7 +41,7 @@ cudaError_t launch_window_embed_backward(const WindowEmbedBackwardArgs<float>& a
     if (err != cudaSuccess) return err;
   }
   window_embed_backward_kernel<<<grid, kThreads, smem, stream>>>(args);
-  report_bad_index_kernel<<<1, 1, 0, stream>>>();
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
   return cudaGetLastError();
 }
 

@@ -3,8 +3,10 @@
 //
 // A kernel body is written once, as a function template over a "thread
 // context" `Ctx` that answers threadIdx/blockIdx/blockDim, provides the block
-// barrier, atomic adds and the report of a bad index (after which the body
-// goes on with a safe value: the CPU's SerialCtx throws, CUDA asserts later). Under nvcc, `CudaCtx`
+// barrier, atomic adds and the report of a bad input: an index out of its
+// range (bad_index) or a real value that breaks its rule (bad_value), after
+// which the body goes on with a safe value (the CPU's SerialCtx throws, CUDA
+// asserts later). Under nvcc, `CudaCtx`
 // maps these to the CUDA built-ins; the CPU kernels run the same bodies with
 // one thread per block (csrc/cpu/serial_ctx.h); the SIMT shim in tests/simt/
 // maps them to std::thread + std::barrier so the very same body runs (and is
@@ -70,24 +72,34 @@ using acc_type = typename AccumulateType<scalar_t>::type;
 #if defined(__CUDACC__)
 namespace {  // one copy per .cu file
 
-// The first bad index a kernel of this file read (CudaCtx::bad_index).
+// The first bad index and the first bad real value a kernel of this file
+// read (CudaCtx::bad_index, CudaCtx::bad_value).
 struct BadIndexRecord {
   int flag;
   const char* name;
   long long value, low, high;
 };
 __device__ BadIndexRecord bad_index_record;
+struct BadValueRecord {
+  int flag;
+  const char* name;
+  const char* rule;
+  double value;
+};
+__device__ BadValueRecord bad_value_record;
 
 // A device-side assert (like CUDA_KERNEL_ASSERT), launched after a file's
-// kernels on their stream: if one of them read a bad index, prints it and
+// kernels on their stream: if one of them read a bad input, prints it and
 // traps; the next CUDA call on the host reports the failed launch. A kernel
 // of its own, so the main kernels make no printf call (it would cost them
 // register spills) and the host never waits for it.
-__global__ void report_bad_index_kernel() {
+__global__ void report_bad_input_kernel() {
   const BadIndexRecord& r = bad_index_record;
-  if (!r.flag) return;
-  printf("embrag: %s values must lie in [%lld, %lld), found %lld\n", r.name, r.low, r.high, r.value);
-  __trap();
+  const BadValueRecord& v = bad_value_record;
+  if (r.flag)
+    printf("embrag: %s values must lie in [%lld, %lld), found %lld\n", r.name, r.low, r.high, r.value);
+  if (v.flag) printf("embrag: %s values must be %s, found %g\n", v.name, v.rule, v.value);
+  if (r.flag || v.flag) __trap();
 }
 
 // The real thing: CUDA built-ins.
@@ -101,11 +113,14 @@ struct CudaCtx {
   EMBRAG_DEVICE void atomic_add(T* address, T value) const {
     atomicAdd(address, value);
   }
-  // Records the first bad index for report_bad_index_kernel; the caller goes
-  // on with a safe value.
+  // Record the first bad index / value for report_bad_input_kernel; the
+  // caller goes on with a safe value.
   EMBRAG_DEVICE void bad_index(const char* name, int64_t value, int64_t low, int64_t high) const {
     if (atomicCAS(&bad_index_record.flag, 0, 1) == 0)
       bad_index_record = {1, name, (long long)value, (long long)low, (long long)high};
+  }
+  EMBRAG_DEVICE void bad_value(const char* name, double value, const char* rule) const {
+    if (atomicCAS(&bad_value_record.flag, 0, 1) == 0) bad_value_record = {1, name, rule, value};
   }
 };
 

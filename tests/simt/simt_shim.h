@@ -1,7 +1,7 @@
 // Test-only SIMT shim: runs a CUDA block body (written against a `Ctx`, see
 // csrc/kernels/device.h) on the CPU, one std::thread per CUDA thread,
 // std::barrier for __syncthreads, a per-block buffer for __shared__ memory,
-// std::atomic_ref for atomicAdd and a counter for device-side index asserts.
+// std::atomic_ref for atomicAdd and a counter for the bad inputs a body reports.
 // Under ThreadSanitizer, a missing barrier or a racy write becomes a reported
 // data race.
 #pragma once
@@ -18,8 +18,8 @@
 
 namespace simt {
 
-// Device-side index asserts raised since the last reset (CudaCtx traps instead).
-inline std::atomic<int> bad_indices{0};
+// Bad indices and values reported since the last reset (CudaCtx traps instead).
+inline std::atomic<int> bad_inputs{0};
 
 struct ShimCtx {
   int tid, bdim, bx, by;
@@ -35,9 +35,13 @@ struct ShimCtx {
     std::atomic_ref<T>(*address).fetch_add(value);
   }
   void bad_index(const char* name, int64_t value, int64_t low, int64_t high) const {
-    if (bad_indices.fetch_add(1) == 0)
+    if (bad_inputs.fetch_add(1) == 0)
       std::printf("device assert: %s values must lie in [%lld, %lld), found %lld\n", name,
                   (long long)low, (long long)high, (long long)value);
+  }
+  void bad_value(const char* name, double value, const char* rule) const {
+    if (bad_inputs.fetch_add(1) == 0)
+      std::printf("device assert: %s values must be %s, found %g\n", name, rule, value);
   }
 };
 

@@ -263,11 +263,11 @@ void bad_indices_are_reported(std::mt19937& rng) {
     if (in.topk[p.K] < 0 && which == 1) in.topk[p.K] = 0, in.ref[3 + 4] = uint8_t(p.V);
     std::vector<float> out(p.B * p.L * p.D), lse(p.B * p.L);
     const embrag::RagFusionParams a = params(p, in, out.data(), lse.data());
-    simt::bad_indices = 0;
+    simt::bad_inputs = 0;
     using Block = embrag::RagFusionBlock<float, 3, 0, simt::ShimCtx>;
     launch_blocks(p, a, embrag::rag_fusion_smem_bytes<float, 3>(a, p.block, false),
                   [&](const simt::ShimCtx& ctx, unsigned char* smem) { Block(ctx, a, false, smem).forward(); });
-    const bool ok = simt::bad_indices > 0;
+    const bool ok = simt::bad_inputs > 0;
     std::printf("bad %s reported: %s\n", which == 0 ? "topk" : "ref token", ok ? "ok" : "FAIL");
     failures += !ok;
   }

@@ -92,18 +92,18 @@ void bad_ids_are_reported() {
   const embrag::WindowEmbedArgs<float> fwd{tokens.data(), pos_ids.data(), af.data(), type_ids.data(),
                                            tables.data(), tables.data(), tables.data(), tables.data(),
                                            out.data(), B, L, D, F, V, /*P=*/3, /*T=*/2};
-  simt::bad_indices = 0;
+  simt::bad_inputs = 0;
   simt::launch<float>(int(L), 1, 32, F + D, [&](const simt::ShimCtx& ctx, float* smem) {
     embrag::window_embed_forward_block(ctx, fwd, smem);
   });
-  const int forward_reports = simt::bad_indices;
+  const int forward_reports = simt::bad_inputs;
   const embrag::WindowEmbedBackwardArgs<float> bwd{grad_out.data(), tokens.data(), grad_site.data(),
                                                    grad_tok.data(), B, L, D, V};
-  simt::bad_indices = 0;
+  simt::bad_inputs = 0;
   simt::launch<float>(1, 1, 32, V * D, [&](const simt::ShimCtx& ctx, float* smem) {
     embrag::window_embed_backward_block(ctx, bwd, smem);
   });
-  const bool ok = forward_reports > 0 && simt::bad_indices > 0;
+  const bool ok = forward_reports > 0 && simt::bad_inputs > 0;
   std::printf("bad ids reported: %s\n", ok ? "ok" : "FAIL");
   failures += !ok;
 }
