@@ -23,7 +23,6 @@ underflows to denormal float64s (about exp(-700)), which x86 computes many times
 slower, and that would measure the CPU's slow path rather than the algorithm.
 Speed is reported, never asserted.
 """
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from conftest import PASSES, median_seconds, time_pass
 from peak_memory import child_peak_bytes, print_peak, rss_rise_bytes
 from embrag_ext import ops
-from embrag_ext.reference import copy_posterior_reference
+from embrag_ext.reference import copy_posterior_reference, random_copy_posterior_inputs
 
 COMPARE = dict(N=64, M=200, K=512)
 TARGET = dict(N=200, M=400, K=2000)
@@ -45,21 +44,19 @@ TIMES = {}   # (pass, impl) -> median seconds, op vs reference
 CURVES = {}  # (axis, pass) -> {size: ns per query * site * template}
 
 
-def make_inputs(N, M, K, seed=0):
-    """A site-major panel of N_HAPS haplotypes (the typed rows of a denser array),
-    queries with 10% MASK, K distinct-ish templates per query, about 0.02 cM apart."""
-    gen = torch.Generator().manual_seed(seed)
-    panel = torch.randint(0, 2, (2 * M, N_HAPS), generator=gen, dtype=torch.uint8)
-    query = torch.randint(0, 2, (N, M), generator=gen, dtype=torch.uint8)
-    query[torch.rand(N, M, generator=gen) < 0.1] = 2
-    templates = torch.randint(0, N_HAPS, (N, K), generator=gen)
-    switch_cm = torch.rand(M, generator=gen) * 0.04
-    log_rho = torch.tensor(math.log(4.0), requires_grad=True)
-    logit_theta = torch.tensor(math.log(1e-3), requires_grad=True)
-    return [query, templates, panel[::2], switch_cm, log_rho, logit_theta]
+def make_inputs(N, M, K):
+    """Rows of a site-major panel of N_HAPS haplotypes, queries with 10% MASK, K
+    templates per query (every one valid), about 0.02 cM apart."""
+    return random_copy_posterior_inputs(N, M, K, N_HAPS, mask=0.1, pad=0.0, empty_query=False,
+                                        rho=4.0, theta=1e-3, cm_scale=0.04)
 
 
 IMPLS = {"fused": ops.copy_posterior, "reference": copy_posterior_reference}
+
+
+def run_pass(which, fn, inputs):
+    """PASSES[which] (conftest) of fn on the keyword inputs."""
+    return PASSES[which](lambda: fn(**inputs), ())
 
 
 @pytest.fixture(autouse=True)
@@ -76,17 +73,18 @@ def _sizes(d):
 def _measure_peak(which, impl):  # in the subprocess
     torch.set_flush_denormal(True)
     inputs = make_inputs(**COMPARE)
-    PASSES[which](IMPLS[impl], inputs)  # warm-up: thread pools, lazy initialisation
-    for t in inputs[4:]:
+    run_pass(which, IMPLS[impl], inputs)  # warm-up: thread pools, lazy initialisation
+    for t in inputs.values():
         t.grad = None
-    print_peak(rss_rise_bytes(lambda: PASSES[which](IMPLS[impl], inputs)))
+    print_peak(rss_rise_bytes(lambda: run_pass(which, IMPLS[impl], inputs)))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("which", PASSES)
 def bench_copy_posterior(benchmark, ratio_report, which, impl):
     benchmark.group = f"copy_posterior {which}"
-    pair = time_pass(benchmark, TIMES, which, impl, IMPLS[impl], make_inputs(**COMPARE),
+    inputs = make_inputs(**COMPARE)
+    pair = time_pass(benchmark, TIMES, which, impl, lambda: IMPLS[impl](**inputs), (),
                      baseline="reference")
     if pair:
         fused, ref = pair
@@ -103,12 +101,12 @@ def bench_copy_posterior(benchmark, ratio_report, which, impl):
 def bench_copy_posterior_target(benchmark, ratio_report, which):
     benchmark.group = "copy_posterior at the issue's size"
     inputs = make_inputs(**TARGET)
-    benchmark.pedantic(PASSES[which], (ops.copy_posterior, inputs), rounds=3, warmup_rounds=1)
+    benchmark.pedantic(run_pass, (which, ops.copy_posterior, inputs), rounds=3, warmup_rounds=1)
     TIMES[which, "target"] = median_seconds(benchmark)
     # CPU time of the process (all threads) for one more call: wall time alone
     # depends on what else runs on the cores.
     start = time.process_time()
-    PASSES[which](ops.copy_posterior, inputs)
+    run_pass(which, ops.copy_posterior, inputs)
     TIMES[which, "target cpu"] = time.process_time() - start
     fwd, both = TIMES.get(("forward", "target")), TIMES.get(("forward+backward", "target"))
     if fwd and both:
@@ -123,7 +121,7 @@ def bench_copy_posterior_target(benchmark, ratio_report, which):
 def _curve(benchmark, ratio_report, axis, which, size, shape):
     benchmark.group = f"copy_posterior cost over {axis} ({which})"
     inputs = make_inputs(**shape)
-    benchmark(PASSES[which], ops.copy_posterior, inputs)
+    benchmark(run_pass, which, ops.copy_posterior, inputs)
     seconds = median_seconds(benchmark)
     if seconds is None:
         return

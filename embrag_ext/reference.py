@@ -191,3 +191,33 @@ def copy_posterior_reference(query, templates, ref_sites, switch_cm, log_rho, lo
     has_template = valid.any(1)[:, None, None]
     return torch.softmax(log_joint, dim=-1) * (valid[:, None, :] & has_template)
 
+
+# Names of copy_posterior's differentiable inputs, in the order of its arguments.
+COPY_POSTERIOR_GRAD_INPUTS = ("log_rho", "logit_theta")
+
+
+def random_copy_posterior_inputs(N, M, K, H, *, mask=0.2, pad=0.2, empty_query=True, rho=2.0,
+                                 theta=0.05, cm_scale=0.3, dtype=torch.float32, device="cpu",
+                                 seed=0, requires_grad=True):
+    """Keyword arguments of copy_posterior (ops.copy_posterior and the reference
+    here), random, for tests and benchmarks. ref_sites is a row and column slice
+    of a wider site-major panel (row stride > H); a share `mask` of the query
+    alleles is MASK, `pad` of the template ids are -1, query 0 has no template
+    (empty_query), one inter-site distance is 0, the others uniform in
+    [0, cm_scale). log_rho and logit_theta (of rho, theta) require grad."""
+    gen = torch.Generator().manual_seed(seed)
+    panel = torch.randint(0, 2, (M + 5, H + 11), generator=gen, dtype=torch.uint8)
+    query = torch.randint(0, 2, (N, M), generator=gen, dtype=torch.uint8)
+    query[torch.rand(N, M, generator=gen) < mask] = 2
+    templates = torch.randint(0, H, (N, K), generator=gen)
+    templates[torch.rand(N, K, generator=gen) < pad] = -1
+    if empty_query and N > 1:
+        templates[0] = -1
+    switch_cm = torch.rand(M, generator=gen, dtype=torch.float64) * cm_scale
+    switch_cm[M // 2:M // 2 + 1] = 0.0
+    scalars = dict(log_rho=math.log(rho), logit_theta=math.log(theta / (1 - theta)))
+    return dict(query=query.to(device), templates=templates.to(device),
+                ref_sites=panel.to(device)[3:3 + M, 7:7 + H],
+                switch_cm=switch_cm.to(device=device, dtype=dtype),
+                **{name: torch.tensor(value, dtype=dtype, device=device, requires_grad=requires_grad)
+                   for name, value in scalars.items()})

@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 from embrag_ext import ops
 from embrag_ext.model import ImputationModel, ModelConfig, Retrieved
 from embrag_ext.predict import PanelSites
-from embrag_ext.reference import random_rag_fusion_inputs
+from embrag_ext.reference import random_copy_posterior_inputs, random_rag_fusion_inputs
 from embrag_ext.tokens import MASK
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -59,6 +59,12 @@ def test_window_embed_does_not_sync(device):
                   type_ids=torch.randint(0, 4, (L,), device=device),
                   **dict(zip(("tok_table", "pos_table", "af_proj", "type_table"), tables)))
     assert sync_calls(forward_backward(ops.window_embed, inputs)) == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_copy_posterior_does_not_sync(device):
+    inputs = random_copy_posterior_inputs(3, 10, 8, 12, device=device, seed=15)
+    assert sync_calls(forward_backward(ops.copy_posterior, inputs)) == []
 
 
 @pytest.mark.parametrize("device", DEVICES)
