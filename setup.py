@@ -26,14 +26,18 @@ def fail(sentence):
     raise SystemExit(1)
 
 
+def read_list(name):
+    """The non-comment lines of csrc/<name>, stripped."""
+    lines = (line.split("#", 1)[0].strip() for line in (ROOT / "csrc" / name).read_text().splitlines())
+    return [line for line in lines if line]
+
+
 def read_sources():
     """Source paths by kind, from csrc/sources.txt (the one list)."""
     sources = {"common": [], "cuda_host": [], "cuda_kernel": []}
-    for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            kind, path = line.split()
-            sources[kind].append(path)
+    for line in read_list("sources.txt"):
+        kind, path = line.split()
+        sources[kind].append(path)
     return sources
 
 
@@ -100,7 +104,7 @@ def extensions():
         sources["common"] + sources["cuda_host"] + sources["cuda_kernel"],
         define_macros=[("EMBRAG_WITH_CUDA", None)],
         extra_compile_args={"cxx": ["-O3", "-Wall"] + openmp + info_flags,
-                            "nvcc": ["-O3", "-lineinfo"]},
+                            "nvcc": read_list("nvcc_flags.txt")},
         extra_link_args=openmp)]
 
 

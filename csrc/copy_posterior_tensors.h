@@ -1,6 +1,6 @@
-// copy_posterior on the torch side: the op's tensors, validated and made contiguous
-// once, and the kernel argument struct (csrc/kernels/copy_posterior.h) built from
-// them. Shared by the CPU and CUDA entry points.
+// copy_posterior on the torch side: the op's tensors, validated and made
+// contiguous once, and the kernel argument struct (csrc/kernels/copy_posterior.h)
+// built from them. Shared by the entry points and the launchers.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,16 +28,5 @@ struct CopyPosteriorTensors {
   // post / grad_post: [N, M, K] in switch_cm's dtype.
   std::vector<int64_t> post_shape() const { return {N, M, K}; }
 };
-
-// Checks ranks, dtypes, shapes, strides and devices (every device; no values, which
-// each device's kernel checks as it reads them, so that nothing syncs with the host).
-CopyPosteriorTensors prepare_copy_posterior(const at::Tensor& query, const at::Tensor& templates,
-                                            const at::Tensor& ref_sites,
-                                            const at::Tensor& switch_cm,
-                                            const at::Tensor& log_rho,
-                                            const at::Tensor& logit_theta);
-
-// grad_post has the output's shape, dtype and device.
-void check_copy_posterior_grad(const at::Tensor& grad_post, const CopyPosteriorTensors& t);
 
 }  // namespace embrag

@@ -1,6 +1,6 @@
 // window_embed on the torch side: the op's tensors, validated and made
 // contiguous once, and the kernel argument structs (csrc/kernels/window_embed.h)
-// built from them. Shared by the CPU and CUDA entry points.
+// built from them. Shared by the entry points and the launchers.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,11 +18,12 @@ struct WindowEmbedTensors {
 
   template <typename scalar_t>
   WindowEmbedArgs<scalar_t> forward_args(at::Tensor& out) const {
-    return {tokens.data_ptr<int64_t>(), pos_ids.data_ptr<int64_t>(), af.data_ptr<scalar_t>(),
-            type_ids.data_ptr<int64_t>(), tok_table.data_ptr<scalar_t>(),
+    return {tokens.data_ptr<int64_t>(),     pos_ids.data_ptr<int64_t>(), af.data_ptr<scalar_t>(),
+            type_ids.data_ptr<int64_t>(),   tok_table.data_ptr<scalar_t>(),
             pos_table.data_ptr<scalar_t>(), af_proj.data_ptr<scalar_t>(),
             type_table.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B(), L(),
-            tok_table.size(1), af_proj.size(0)};
+            tok_table.size(1),              af_proj.size(0),             tok_table.size(0),
+            pos_table.size(0),              type_table.size(0)};
   }
 
   template <typename scalar_t>
@@ -32,16 +33,5 @@ struct WindowEmbedTensors {
             grad_tok.data_ptr<scalar_t>(), B(), L(), grad_out.size(2), grad_tok.size(0)};
   }
 };
-
-// Validates the forward inputs (every device); returns them contiguous.
-WindowEmbedTensors prepare_window_embed(const at::Tensor& tokens, const at::Tensor& pos_ids,
-                                        const at::Tensor& af, const at::Tensor& type_ids,
-                                        const at::Tensor& tok_table, const at::Tensor& pos_table,
-                                        const at::Tensor& af_proj, const at::Tensor& type_table);
-
-// Validates grad_out against the ids; returns the ids contiguous (tables undefined).
-WindowEmbedTensors prepare_window_embed_backward(const at::Tensor& grad_out, const at::Tensor& tokens,
-                                                 const at::Tensor& pos_ids, const at::Tensor& af,
-                                                 const at::Tensor& type_ids);
 
 }  // namespace embrag

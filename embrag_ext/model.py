@@ -19,10 +19,12 @@ Three modes (seed names in brackets):
   the embedding and the transformer blocks every batch, then fused by a
   per-site cross-attention over the K (plain PyTorch);
 - ``embedding`` (the new design): ``ops.rag_fusion`` rebuilds the neighbours'
-  keys and values from the token and site embedding tables projected by W_k,
-  W_v (the embedding is a sum, so this is exact) and attends per site over
-  the K with a distance bias and a local-agreement bias. ``detach_reference``
-  (option A, ``--refresh fixed``) stops the gradient into the reference side.
+  keys from the token table projected by W_k and their values from the token
+  and site tables projected by W_v (the embedding is a sum, so this is exact;
+  a key's site part would shift every score alike and cancel in the softmax)
+  and attends per site over the K with a distance bias and a local-agreement
+  bias. ``detach_reference`` (option A, ``--refresh fixed``) stops the
+  gradient into the reference side.
 """
 from __future__ import annotations
 
@@ -134,17 +136,21 @@ class EmbeddingFusion(Fusion):
 
     def forward(self, h: torch.Tensor, tokens: torch.Tensor, retrieved: Retrieved, embedding: Embedding,
                 sites: Sites, detach_reference: bool) -> torch.Tensor:
-        """h [N, L, D], tokens int64 [N, L] -> [N, L, D]."""
+        """h [N, L, D], tokens int64 [N, L] -> [N, L, D]. The op gets all its
+        floating inputs in one dtype: the autocast dtype under autocast (bf16,
+        accumulated in float32 inside the op), else float32."""
         tok, site = embedding.tok_table, embedding.site_part(sites)          # [V, D], [L, D]
         if detach_reference:
             tok, site = tok.detach(), site.detach()
-        w_k, w_v = self.w_k.weight.t().float(), self.w_v.weight.t().float()
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        w_k, w_v = self.w_k.weight.t(), self.w_v.weight.t()
         fused = ops.rag_fusion(
-            self.w_q(h).float().contiguous(), retrieved.ids, retrieved.ref_tokens,
-            tok.float() @ w_k, tok.float() @ w_v, site.float() @ w_v,
-            retrieved.dist, self.beta.float(), tokens, tokens != MASK, self.alpha.float(),
-            self.heads, self.half_width, copy_bias=retrieved.bias,
-            gamma=self.gamma.float() if retrieved.bias is not None else None)
+            self.w_q(h).to(dtype), retrieved.ids, retrieved.ref_tokens, (tok @ w_k).to(dtype),
+            (tok @ w_v).to(dtype), (site @ w_v).to(dtype), retrieved.dist.to(dtype),
+            self.beta.to(dtype), tokens, tokens != MASK, self.alpha.to(dtype), self.heads,
+            self.half_width, copy_bias=None if retrieved.bias is None else retrieved.bias.to(dtype),
+            gamma=None if retrieved.bias is None else self.gamma.to(dtype))
         return self.residual(h, fused)
 
 

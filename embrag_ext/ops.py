@@ -8,6 +8,7 @@ plain PyTorch versions the tests compare against.
 import torch
 
 from . import load_extension
+from .errors import InputError
 
 load_extension()  # registers the kernels as torch.ops.embrag.*
 
@@ -63,64 +64,100 @@ torch.library.register_autograd(
 # ---- rag_fusion -------------------------------------------------------------
 
 
-def rag_fusion(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist, beta, q_tokens, observed,
-               alpha, n_heads, half_width):
+def rag_fusion(q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens, observed, alpha,
+               n_heads, half_width, copy_bias=None, gamma=None):
     """Fuse the K retrieved reference haplotypes into the queries by attention.
 
     q [B, L, D] projected queries (n_heads slices of D / n_heads); topk [B, K]
     int64 rows of ref_tokens, -1 = no neighbour; ref_tokens [H, L] uint8 (a
     slice [:, start:end] of a contiguous panel array is fine); tok_k, tok_v
-    [V, D] projected token tables; site_k, site_v [L, D] projected site rows;
-    dist [B, K] retrieval distances; beta, alpha [n_heads] learnable scales;
+    [V, D] projected token tables; site_v [L, D] projected site values; dist
+    [B, K] retrieval distances; beta, alpha [n_heads] learnable scales;
     q_tokens [B, L] int64 and observed [B, L] bool for the local agreement
-    over sites l - half_width .. l + half_width. Per (b, l, head h):
-      score_k = q . (tok_k[t_k] + site_k[l]) / sqrt(d_head) + beta[h] dist[b, k]
-                + alpha[h] agree(b, k, l),   t_k = ref_tokens[topk[b, k], l]
+    over sites l - half_width .. l + half_width; optionally copy_bias [B, L, K]
+    (e.g. a copying model's log-posterior of each template) with its per-head
+    scale gamma [n_heads]. Per (b, l, head h), t_k = ref_tokens[topk[b, k], l]:
+      score_k = q . tok_k[t_k] / sqrt(d_head) + beta[h] dist[b, k]
+                + alpha[h] agree(b, k, l) + gamma[h] copy_bias[b, l, k]
       out = sum_k softmax(score)_k (tok_v[t_k] + site_v[l])   (0 with no neighbour)
-    Returns [B, L, D]. float32/float64 on the CPU, float32/bfloat16 on CUDA.
+    A key's site part would add q . site_k[l] to every score alike: it cancels
+    in the softmax, so there is none. copy_bias may hold -inf (with gamma[h] > 0
+    that template takes no part for head h); +inf and NaN are not allowed.
+    Every floating input has q's dtype: float32, float64 or bfloat16 (float32
+    accumulation inside); float64 runs on the CPU only. The kernels check topk
+    and the selected reference tokens as they read them (on CUDA a device-side
+    assert): the op never synchronises with the host. Returns [B, L, D].
     """
-    return torch.ops.embrag.rag_fusion(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist,
-                                       beta, q_tokens, observed, alpha, n_heads, half_width)
+    out, _lse = torch.ops.embrag.rag_fusion(q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta,
+                                            q_tokens, observed, alpha, n_heads, half_width,
+                                            copy_bias, gamma)
+    return out
+
+
+def _lse_dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
 @torch.library.register_fake("embrag::rag_fusion")
-def _rag_fusion_fake(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist, beta, q_tokens,
-                     observed, alpha, n_heads, half_width):
+def _rag_fusion_fake(q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens, observed,
+                     alpha, n_heads, half_width, copy_bias=None, gamma=None):
     torch._check(q.dim() == 3, lambda: "q must be 3-D [B, L, D]")
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
+    B, L, _ = q.shape
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((B, L, n_heads), dtype=_lse_dtype(q)))
 
 
 @torch.library.register_fake("embrag::rag_fusion_backward")
-def _rag_fusion_backward_fake(grad_out, q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens,
-                              observed, alpha, n_heads, half_width):
-    L, D = q.shape[1], q.shape[2]
+def _rag_fusion_backward_fake(grad_out, q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta,
+                              q_tokens, observed, alpha, n_heads, half_width, copy_bias, gamma, out,
+                              lse, copy_bias_grad):
+    grad_copy_bias = (torch.empty_like(copy_bias, memory_format=torch.contiguous_format)
+                      if copy_bias is not None and copy_bias_grad else q.new_empty((0,)))
+    grad_gamma = gamma.new_empty(gamma.shape) if gamma is not None else q.new_empty((0,))
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             tok_k.new_empty(tok_k.shape), tok_v.new_empty(tok_v.shape),
-            q.new_empty((L, D)), q.new_empty((L, D)), dist.new_empty(dist.shape),
-            beta.new_empty(beta.shape), alpha.new_empty(alpha.shape))
+            site_v.new_empty(site_v.shape), dist.new_empty(dist.shape),
+            beta.new_empty(beta.shape), alpha.new_empty(alpha.shape), grad_copy_bias, grad_gamma)
 
 
 def _rag_fusion_setup_context(ctx, inputs, output):
-    (q, topk, ref_tokens, tok_k, tok_v, _site_k, _site_v, dist, beta, q_tokens, observed, alpha,
-     n_heads, half_width) = inputs
-    # The backward recomputes the softmax: it saves inputs only (no [B, L, K] state).
-    ctx.save_for_backward(q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens, observed, alpha)
+    (q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens, observed, alpha, n_heads,
+     half_width, copy_bias, gamma) = inputs
+    out, lse = output
+    # The backward recomputes the softmax from the log-sum-exp (FlashAttention):
+    # it saves the inputs, the output and lse [B, L, heads], no [.., K] state.
+    ctx.save_for_backward(q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens,
+                          observed, alpha, copy_bias, gamma, out, lse)
+    ctx.mark_non_differentiable(lse)
     ctx.n_heads, ctx.half_width = n_heads, half_width
+    ctx.copy_bias_grad = copy_bias is not None and copy_bias.requires_grad
 
 
-def _rag_fusion_backward(ctx, grad_out):
-    q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens, observed, alpha = ctx.saved_tensors
-    (grad_q, grad_tok_k, grad_tok_v, grad_site_k, grad_site_v, grad_dist, grad_beta,
-     grad_alpha) = torch.ops.embrag.rag_fusion_backward(
-        grad_out, q, topk, ref_tokens, tok_k, tok_v, dist, beta, q_tokens, observed, alpha,
-        ctx.n_heads, ctx.half_width)
+def _rag_fusion_backward(ctx, grad_out, _grad_lse):
+    (q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens, observed, alpha, copy_bias,
+     gamma, out, lse) = ctx.saved_tensors
+    (grad_q, grad_tok_k, grad_tok_v, grad_site_v, grad_dist, grad_beta, grad_alpha,
+     grad_copy_bias, grad_gamma) = torch.ops.embrag.rag_fusion_backward(
+        grad_out, q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens, observed,
+        alpha, ctx.n_heads, ctx.half_width, copy_bias, gamma, out, lse, ctx.copy_bias_grad)
     # No gradient for the indices, tokens, mask, n_heads and half_width.
-    return (grad_q, None, None, grad_tok_k, grad_tok_v, grad_site_k, grad_site_v, grad_dist,
-            grad_beta, None, None, grad_alpha, None, None)
+    return (grad_q, None, None, grad_tok_k, grad_tok_v, grad_site_v, grad_dist, grad_beta, None,
+            None, grad_alpha, None, None, grad_copy_bias if ctx.copy_bias_grad else None,
+            grad_gamma if gamma is not None else None)
 
 
 torch.library.register_autograd(
     "embrag::rag_fusion", _rag_fusion_backward, setup_context=_rag_fusion_setup_context)
+
+
+def check_reference_tokens(ref_tokens, n_tokens):
+    """Raise a one-line InputError unless every entry of ref_tokens lies in
+    [0, n_tokens). One host synchronisation: for the panel's tokens, once when
+    they are built (the kernels check again as they read, on CUDA with a
+    device-side assert, which a clear message up front spares the user)."""
+    if ref_tokens.numel() and int(ref_tokens.max()) >= n_tokens:
+        raise InputError(f"ref_tokens values must lie in [0, {n_tokens}), "
+                         f"found {int(ref_tokens.max())}")
 
 
 # ---- copy_posterior ---------------------------------------------------------
@@ -140,7 +177,9 @@ def copy_posterior(query, templates, ref_sites, switch_cm, log_rho, logit_theta)
     Returns post [N, M, K] (switch_cm's dtype) = P(z_m = k | query n's alleles): rows
     sum to 1 over the valid templates, 0 for invalid ones and for a query with none.
     Gradients flow to log_rho and logit_theta (not to switch_cm, which is data).
-    float32/float64 on the CPU, float32 on CUDA; O(N M K) time and memory.
+    float32/float64 on the CPU, float32 on CUDA; O(N M K) time and memory. The
+    kernels check the template ids, the alleles and switch_cm as they read them
+    (on CUDA a device-side assert): the op never synchronises with the host.
     """
     return torch.ops.embrag.copy_posterior(query, templates, ref_sites, switch_cm, log_rho,
                                            logit_theta)

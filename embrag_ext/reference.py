@@ -41,32 +41,110 @@ def rag_fusion_agreement(topk, ref_tokens, q_tokens, observed, half_width, dtype
     return window_sum(match).to(dtype) / window_sum(obs).clamp(min=1).to(dtype)
 
 
-def rag_fusion_reference(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist, beta,
-                         q_tokens, observed, alpha, n_heads, half_width):
+def rag_fusion_scores(qk_tokens, topk, ref_tokens, dist, beta, q_tokens, observed, alpha,
+                      half_width, copy_bias, gamma):
+    """[B, L, heads, K] scores from the query-key part qk_tokens [B, L, heads, K]:
+    adds beta[h] dist[b, k] + alpha[h] agree[b, k, l] (+ gamma[h] copy_bias[b, l, k])."""
+    agree = rag_fusion_agreement(topk, ref_tokens, q_tokens, observed, half_width, qk_tokens.dtype)
+    scores = (qk_tokens + beta[None, None, :, None] * dist[:, None, None, :]
+              + alpha[None, None, :, None] * agree.permute(0, 2, 1)[:, :, None, :])
+    if copy_bias is not None:
+        scores = scores + gamma[None, None, :, None] * copy_bias[:, :, None, :]
+    return scores
+
+
+def masked_softmax(scores, topk):
+    """Softmax over the valid neighbours (topk >= 0) of scores [B, L, heads, K];
+    a row with no valid neighbour gives 0."""
+    valid = (topk >= 0)[:, None, None, :]                                   # [B, 1, 1, K]
+    # A finite fill keeps an all-invalid row free of NaN (in its gradient too).
+    return torch.softmax(scores.masked_fill(~valid, torch.finfo(scores.dtype).min), dim=-1) * valid
+
+
+def rag_fusion_reference(q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens, observed,
+                         alpha, n_heads, half_width, copy_bias=None, gamma=None):
     """[B, L, D]: attention of every query site over its K retrieved neighbours,
     with the neighbours' keys and values materialised ([B, K, L, D]).
 
     score[b, l, h, k] = q[b, l, h] . key[b, k, l, h] / sqrt(d_head)
-                      + beta[h] * dist[b, k] + alpha[h] * agree[b, k, l]
-    key = tok_k[t] + site_k[l], value = tok_v[t] + site_v[l] with
-    t = ref_tokens[topk[b, k], l]; softmax over the valid k (topk >= 0); a row
-    with no valid neighbour gives 0.
+                      + beta[h] dist[b, k] + alpha[h] agree[b, k, l] + gamma[h] copy_bias[b, l, k]
+    key = tok_k[t], value = tok_v[t] + site_v[l] with t = ref_tokens[topk[b, k], l];
+    softmax over the valid k (topk >= 0); a row with no valid neighbour gives 0.
     """
     B, L, D = q.shape
     K = topk.shape[1]
     d_head = D // n_heads
     neighbours = ref_tokens[topk.clamp(min=0)].long()                       # [B, K, L]
-    keys = (tok_k[neighbours] + site_k).view(B, K, L, n_heads, d_head)
+    keys = tok_k[neighbours].view(B, K, L, n_heads, d_head)
     values = (tok_v[neighbours] + site_v).view(B, K, L, n_heads, d_head)
     qh = q.view(B, L, n_heads, d_head)
-    scores = torch.einsum("blhd,bklhd->blhk", qh, keys) / math.sqrt(d_head)
-    agree = rag_fusion_agreement(topk, ref_tokens, q_tokens, observed, half_width, q.dtype)
-    scores = (scores + beta[None, None, :, None] * dist[:, None, None, :]
-              + alpha[None, None, :, None] * agree.permute(0, 2, 1)[:, :, None, :])
-    valid = (topk >= 0)[:, None, None, :]                                   # [B, 1, 1, K]
-    # A finite fill keeps an all-invalid row free of NaN (in its gradient too).
-    p = torch.softmax(scores.masked_fill(~valid, torch.finfo(q.dtype).min), dim=-1) * valid
+    qk = torch.einsum("blhd,bklhd->blhk", qh, keys) / math.sqrt(d_head)
+    p = masked_softmax(rag_fusion_scores(qk, topk, ref_tokens, dist, beta, q_tokens, observed,
+                                         alpha, half_width, copy_bias, gamma), topk)
     return torch.einsum("blhk,bklhd->blhd", p, values).reshape(B, L, D)
+
+
+def rag_fusion_algebra(q, topk, ref_tokens, tok_k, tok_v, site_v, dist, beta, q_tokens, observed,
+                       alpha, n_heads, half_width, copy_bias=None, gamma=None):
+    """[B, L, D]: the same op in plain PyTorch with the kernels' algebra, the
+    best composition we know: q . tok_k[t] once per token ([B, L, heads, V]),
+    scores gathered from it by the neighbours' tokens, the softmax weights
+    summed per token, out = weights @ tok_v + (sum of weights) site_v. No
+    [B, K, L, D] tensor; [B, L, heads, K] scores remain. The benchmarks compare
+    the fused op with it to show what fusion buys beyond the algebra."""
+    B, L, D = q.shape
+    K, V = topk.shape[1], tok_k.shape[0]
+    d_head = D // n_heads
+    qh = q.view(B, L, n_heads, d_head)
+    qk = torch.einsum("blhd,vhd->blhv", qh, tok_k.view(V, n_heads, d_head)) / math.sqrt(d_head)
+    tokens = ref_tokens[topk.clamp(min=0)].long().transpose(1, 2)           # [B, L, K]
+    token_index = tokens[:, :, None, :].expand(B, L, n_heads, K)
+    p = masked_softmax(rag_fusion_scores(qk.gather(-1, token_index), topk, ref_tokens, dist, beta,
+                                         q_tokens, observed, alpha, half_width, copy_bias, gamma),
+                       topk)
+    weight = p.new_zeros(B, L, n_heads, V).scatter_add(-1, token_index, p)  # [B, L, heads, V]
+    out = (torch.einsum("blhv,vhd->blhd", weight, tok_v.view(V, n_heads, d_head))
+           + weight.sum(-1, keepdim=True) * site_v.view(1, L, n_heads, d_head))
+    return out.reshape(B, L, D)
+
+
+# Names of rag_fusion's differentiable inputs, in the order of its arguments.
+RAG_FUSION_GRAD_INPUTS = ("q", "tok_k", "tok_v", "site_v", "dist", "beta", "alpha", "copy_bias",
+                          "gamma")
+
+
+def random_rag_fusion_inputs(B, L, D, K, n_heads, half_width, *, copy_bias=True, n_haps=20,
+                             n_tokens=3, dtype=torch.float32, device="cpu", seed=0,
+                             requires_grad=True):
+    """Keyword arguments of rag_fusion (ops.rag_fusion and the versions here),
+    random, for tests and benchmarks. ref_tokens is a window slice of a wider
+    panel (row stride > L); query 0 has no neighbour at all and the others
+    about 20% -1; copy_bias is log-posterior-like (<= 0, one in 7 at -1e4)
+    with gamma > 0. The floating inputs require grad."""
+    gen = torch.Generator().manual_seed(seed)
+    panel = torch.randint(0, n_tokens, (n_haps, L + 9), generator=gen, dtype=torch.uint8)
+    topk = torch.randint(0, n_haps, (B, K), generator=gen)
+    topk[torch.rand(B, K, generator=gen) < 0.2] = -1
+    topk[0] = -1
+
+    def floats(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    inputs = dict(q=floats(B, L, D), tok_k=floats(n_tokens, D), tok_v=floats(n_tokens, D),
+                  site_v=floats(L, D), dist=floats(B, K), beta=floats(n_heads),
+                  alpha=floats(n_heads) * 2)
+    if copy_bias:
+        log_posterior = -4 * torch.rand(B, L, K, generator=gen, dtype=torch.float64)
+        log_posterior.view(-1)[::7] = -1e4
+        inputs.update(copy_bias=log_posterior, gamma=0.1 + torch.rand(n_heads, generator=gen,
+                                                                       dtype=torch.float64))
+    inputs = {name: t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+              for name, t in inputs.items()}
+    q_tokens = torch.randint(0, n_tokens, (B, L), generator=gen)
+    observed = torch.rand(B, L, generator=gen) < 0.6
+    return dict(inputs, topk=topk.to(device), ref_tokens=panel.to(device)[:, 4:4 + L],
+                q_tokens=q_tokens.to(device), observed=observed.to(device), n_heads=n_heads,
+                half_width=half_width)
 
 
 def copy_posterior_reference(query, templates, ref_sites, switch_cm, log_rho, logit_theta):
@@ -96,16 +174,50 @@ def copy_posterior_reference(query, templates, ref_sites, switch_cm, log_rho, lo
                         -torch.inf)
     log_stay, log_jump = -dist, log_r[None, :] - n_valid.log()               # [M], [N, M]
 
-    log_alpha = [log_e[:, 0] - n_valid.log()]
+    # Per-site views made once (indexing log_e[:, m] in the loops would make each
+    # site's backward write a whole [N, M, K] gradient).
+    log_e, log_stay, log_jump = log_e.unbind(1), log_stay.unbind(0), log_jump.unbind(1)
+    log_alpha = [log_e[0] - n_valid.log()]
     for m in range(1, M):
         prev = log_alpha[-1]
-        moved = torch.logsumexp(prev, dim=1, keepdim=True) + log_jump[:, m:m + 1]
-        log_alpha.append(log_e[:, m] + torch.logaddexp(prev + log_stay[m], moved))
+        moved = torch.logsumexp(prev, dim=1, keepdim=True) + log_jump[m][:, None]
+        log_alpha.append(log_e[m] + torch.logaddexp(prev + log_stay[m], moved))
     log_beta = [torch.zeros_like(log_alpha[0])]
     for m in range(M - 1, 0, -1):
-        nxt = log_e[:, m] + log_beta[0]
-        moved = torch.logsumexp(nxt, dim=1, keepdim=True) + log_jump[:, m:m + 1]
+        nxt = log_e[m] + log_beta[0]
+        moved = torch.logsumexp(nxt, dim=1, keepdim=True) + log_jump[m][:, None]
         log_beta.insert(0, torch.logaddexp(nxt + log_stay[m], moved))
     log_joint = torch.stack(log_alpha, 1) + torch.stack(log_beta, 1)         # [N, M, K]
     has_template = valid.any(1)[:, None, None]
     return torch.softmax(log_joint, dim=-1) * (valid[:, None, :] & has_template)
+
+
+# Names of copy_posterior's differentiable inputs, in the order of its arguments.
+COPY_POSTERIOR_GRAD_INPUTS = ("log_rho", "logit_theta")
+
+
+def random_copy_posterior_inputs(N, M, K, H, *, mask=0.2, pad=0.2, empty_query=True, rho=2.0,
+                                 theta=0.05, cm_scale=0.3, dtype=torch.float32, device="cpu",
+                                 seed=0, requires_grad=True):
+    """Keyword arguments of copy_posterior (ops.copy_posterior and the reference
+    here), random, for tests and benchmarks. ref_sites is a row and column slice
+    of a wider site-major panel (row stride > H); a share `mask` of the query
+    alleles is MASK, `pad` of the template ids are -1, query 0 has no template
+    (empty_query), one inter-site distance is 0, the others uniform in
+    [0, cm_scale). log_rho and logit_theta (of rho, theta) require grad."""
+    gen = torch.Generator().manual_seed(seed)
+    panel = torch.randint(0, 2, (M + 5, H + 11), generator=gen, dtype=torch.uint8)
+    query = torch.randint(0, 2, (N, M), generator=gen, dtype=torch.uint8)
+    query[torch.rand(N, M, generator=gen) < mask] = 2
+    templates = torch.randint(0, H, (N, K), generator=gen)
+    templates[torch.rand(N, K, generator=gen) < pad] = -1
+    if empty_query and N > 1:
+        templates[0] = -1
+    switch_cm = torch.rand(M, generator=gen, dtype=torch.float64) * cm_scale
+    switch_cm[M // 2:M // 2 + 1] = 0.0
+    scalars = dict(log_rho=math.log(rho), logit_theta=math.log(theta / (1 - theta)))
+    return dict(query=query.to(device), templates=templates.to(device),
+                ref_sites=panel.to(device)[3:3 + M, 7:7 + H],
+                switch_cm=switch_cm.to(device=device, dtype=dtype),
+                **{name: torch.tensor(value, dtype=dtype, device=device, requires_grad=requires_grad)
+                   for name, value in scalars.items()})

@@ -1,8 +1,7 @@
-// Operator schemas (one place) and their CPU / CUDA implementations.
-// Autograd and fake (meta) kernels are registered from Python: embrag_ext/ops.py.
+// Operator schemas, in one place. Each op's entries (one per pass) are
+// registered for CPU and CUDA in its own file (csrc/<op>.cpp); autograd and
+// fake (meta) kernels are registered from Python: embrag_ext/ops.py.
 #include <torch/library.h>
-
-#include "../csrc/ops.h"
 
 TORCH_LIBRARY(embrag, m) {
   m.def(
@@ -14,13 +13,15 @@ TORCH_LIBRARY(embrag, m) {
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "rag_fusion(Tensor q, Tensor topk, Tensor ref_tokens, Tensor tok_k, Tensor tok_v, "
-      "Tensor site_k, Tensor site_v, Tensor dist, Tensor beta, Tensor q_tokens, "
-      "Tensor observed, Tensor alpha, int n_heads, int half_width) -> Tensor");
+      "Tensor site_v, Tensor dist, Tensor beta, Tensor q_tokens, Tensor observed, Tensor alpha, "
+      "int n_heads, int half_width, Tensor? copy_bias=None, Tensor? gamma=None) "
+      "-> (Tensor out, Tensor lse)");
   m.def(
       "rag_fusion_backward(Tensor grad_out, Tensor q, Tensor topk, Tensor ref_tokens, "
-      "Tensor tok_k, Tensor tok_v, Tensor dist, Tensor beta, Tensor q_tokens, Tensor observed, "
-      "Tensor alpha, int n_heads, int half_width) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor tok_k, Tensor tok_v, Tensor site_v, Tensor dist, Tensor beta, Tensor q_tokens, "
+      "Tensor observed, Tensor alpha, int n_heads, int half_width, Tensor? copy_bias, "
+      "Tensor? gamma, Tensor out, Tensor lse, bool copy_bias_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "copy_posterior(Tensor query, Tensor templates, Tensor ref_sites, Tensor switch_cm, "
       "Tensor log_rho, Tensor logit_theta) -> Tensor");
@@ -29,23 +30,3 @@ TORCH_LIBRARY(embrag, m) {
       "Tensor ref_sites, Tensor switch_cm, Tensor log_rho, Tensor logit_theta) "
       "-> (Tensor, Tensor)");
 }
-
-TORCH_LIBRARY_IMPL(embrag, CPU, m) {
-  m.impl("window_embed", &embrag::window_embed_cpu);
-  m.impl("window_embed_backward", &embrag::window_embed_backward_cpu);
-  m.impl("rag_fusion", &embrag::rag_fusion_cpu);
-  m.impl("rag_fusion_backward", &embrag::rag_fusion_backward_cpu);
-  m.impl("copy_posterior", &embrag::copy_posterior_cpu);
-  m.impl("copy_posterior_backward", &embrag::copy_posterior_backward_cpu);
-}
-
-#ifdef EMBRAG_WITH_CUDA
-TORCH_LIBRARY_IMPL(embrag, CUDA, m) {
-  m.impl("window_embed", &embrag::window_embed_cuda);
-  m.impl("window_embed_backward", &embrag::window_embed_backward_cuda);
-  m.impl("rag_fusion", &embrag::rag_fusion_cuda);
-  m.impl("rag_fusion_backward", &embrag::rag_fusion_backward_cuda);
-  m.impl("copy_posterior", &embrag::copy_posterior_cuda);
-  m.impl("copy_posterior_backward", &embrag::copy_posterior_backward_cuda);
-}
-#endif

@@ -1,8 +1,9 @@
-"""The model: shapes in every mode, the exact site/token split, gradients of the fusion."""
+"""The model: shapes in every mode, the exact site/token split, gradients of the fusion, bf16 autocast."""
 import numpy as np
 import pytest
 import torch
 
+from embrag_ext import ops
 from embrag_ext.config import CopyConfig, ModelConfig
 from embrag_ext.copying import CopyFeatures, hmm_logit
 from embrag_ext.model import EmbeddingFusion, ImputationModel, Retrieved, genotype_log_prior
@@ -95,3 +96,38 @@ def test_an_untrained_model_with_copying_is_the_hmm(mode):
     torch.testing.assert_close(gt_logits.softmax(-1), genotype_log_prior(alt_prob.view(B, 2, L)).exp())
     (hap_logits.sum() + gt_logits.sum()).backward()
     assert model.hap_head.weight.grad.abs().sum() > 0, "the correction is trainable"
+def loss_and_grads(model, tokens, sites, retrieved):
+    """Logits (float32) and the gradients of a training loss w.r.t. every parameter."""
+    hap_logits, gt_logits = model(tokens, sites, retrieved)
+    loss = (torch.nn.functional.binary_cross_entropy_with_logits(hap_logits.float(), (tokens == 1).float())
+            + gt_logits.float().logsumexp(-1).mean())
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    return hap_logits.float(), gt_logits.float(), grads
+
+
+@pytest.mark.parametrize("mode", ["none", "token", "embedding"])
+def test_bf16_autocast_matches_float32(mode, monkeypatch):
+    """CPU bf16 autocast runs the code path of --device cuda (which autocasts to
+    bf16): forward and backward pass, the fused op gets bf16 for every floating
+    input, and the results stay within bf16 precision of float32 (2^-8
+    relative per rounding, a few roundings deep): logits within 2% and every
+    parameter's gradient within 5% of their largest magnitude."""
+    fused_dtypes = []
+    rag_fusion = ops.rag_fusion
+
+    def recording_rag_fusion(*args, **kwargs):
+        fused_dtypes.append({t.dtype for t in [*args, *kwargs.values()]
+                             if torch.is_tensor(t) and t.is_floating_point()})
+        return rag_fusion(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "rag_fusion", recording_rag_fusion)
+    tokens, sites, retrieved = inputs()
+    model = tiny(mode)
+    hap32, gt32, grads32 = loss_and_grads(model, tokens, sites, retrieved)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hap16, gt16, grads16 = loss_and_grads(model, tokens, sites, retrieved)
+    if mode == "embedding":
+        assert fused_dtypes == [{torch.float32}, {torch.bfloat16}]
+    for got, want, tolerance in [(hap16, hap32, 0.02), (gt16, gt32, 0.02)] + [
+            (g16, g32, 0.05) for g16, g32 in zip(grads16, grads32) if g32 is not None]:
+        assert got.dtype == want.dtype and (got - want).abs().max() <= tolerance * want.abs().max()

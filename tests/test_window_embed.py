@@ -1,4 +1,8 @@
-"""window_embed: the fused op against the plain PyTorch reference."""
+"""window_embed: the fused op against the plain PyTorch reference.
+
+Every test that can run on CUDA runs the same code on the CPU (DEVICES); the
+kernels take float32 on CUDA, float32 and float64 on the CPU.
+"""
 import pytest
 import torch
 from torch.library import opcheck
@@ -7,6 +11,8 @@ from embrag_ext import ops
 from embrag_ext.reference import window_embed_reference
 
 N_TOKENS, N_TYPES = 3, 4
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICE_DTYPES = [("cpu", torch.float64)] + [(device, torch.float32) for device in DEVICES]
 
 
 def make_inputs(B, L, D, n_features=8, n_pos=None, dtype=torch.float32, device="cpu", seed=0):
@@ -26,26 +32,28 @@ def make_inputs(B, L, D, n_features=8, n_pos=None, dtype=torch.float32, device="
 SIZES = [(1, 1, 3), (1, 513, 37), (4, 17, 130), (5, 64, 128), (2, 9, 1)]
 
 
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES, ids=str)
 @pytest.mark.parametrize("B,L,D", SIZES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_forward_matches_reference(B, L, D, dtype):
-    inputs = make_inputs(B, L, D, dtype=dtype)
+def test_forward_matches_reference(B, L, D, device, dtype):
+    inputs = make_inputs(B, L, D, dtype=dtype, device=device)
     got = ops.window_embed(*inputs)
     want = window_embed_reference(*inputs)
     assert got.shape == (B, L, D) and got.dtype == dtype
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES, ids=str)
 @pytest.mark.parametrize("B,L,D", SIZES)
 @pytest.mark.parametrize("n_features", [2, 16])
-def test_backward_matches_reference(B, L, D, n_features):
-    inputs = make_inputs(B, L, D, n_features=n_features, dtype=torch.float64, seed=1)
+def test_backward_matches_reference(B, L, D, n_features, device, dtype):
+    inputs = make_inputs(B, L, D, n_features=n_features, dtype=dtype, device=device, seed=1)
     tables = inputs[4:]
-    grad_out = torch.randn(B, L, D, dtype=torch.float64)
+    grad_out = torch.randn(B, L, D, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
     got = torch.autograd.grad(ops.window_embed(*inputs), tables, grad_out)
     want = torch.autograd.grad(window_embed_reference(*inputs), tables, grad_out)
+    tolerance = {} if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)  # sums over B * L
     for name, g, w in zip(("tok", "pos", "af_proj", "type"), got, want):
-        torch.testing.assert_close(g, w, msg=lambda m: f"grad of {name}_table: {m}")
+        torch.testing.assert_close(g, w, **tolerance, msg=lambda m: f"grad of {name}_table: {m}")
 
 
 def test_gradcheck_float64():
@@ -53,9 +61,10 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(ops.window_embed, inputs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B,L,D", [(1, 1, 3), (3, 10, 8), (2, 33, 65)])
-def test_opcheck(B, L, D):
-    opcheck(torch.ops.embrag.window_embed.default, make_inputs(B, L, D, seed=B))
+def test_opcheck(B, L, D, device):
+    opcheck(torch.ops.embrag.window_embed.default, make_inputs(B, L, D, seed=B, device=device))
 
 
 def test_token_row_and_site_row_are_separate():
@@ -89,22 +98,3 @@ def test_bad_inputs_raise_clear_errors(change, message):
     change(inputs)
     with pytest.raises(RuntimeError, match=message):
         ops.window_embed(*inputs)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("B,L,D", SIZES)
-def test_cuda_matches_reference(B, L, D):
-    inputs = make_inputs(B, L, D, device="cuda", seed=3)
-    tables = inputs[4:]
-    got = ops.window_embed(*inputs)
-    want = window_embed_reference(*inputs)
-    torch.testing.assert_close(got, want)
-    grad_out = torch.randn_like(got)
-    for g, w in zip(torch.autograd.grad(got, tables, grad_out),
-                    torch.autograd.grad(want, tables, grad_out)):
-        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_opcheck():
-    opcheck(torch.ops.embrag.window_embed.default, make_inputs(3, 20, 24, device="cuda"))

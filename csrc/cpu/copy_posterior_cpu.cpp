@@ -11,8 +11,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../copy_posterior_tensors.h"
-#include "../ops.h"
+#include "../launch.h"
 
 namespace embrag {
 namespace {
@@ -102,17 +101,24 @@ struct QueryTemplates {
   }
 };
 
+// The query-independent part of each site's transition (switch_cm checked as read).
 template <typename scalar_t>
-void check_switch_cm(const CopyPosteriorArgs<scalar_t>& a) {
-  for (int64_t m = 1; m < a.M; ++m)  // entry 0 is not used
+std::vector<SiteRates<scalar_t>> site_rates_of(const CopyPosteriorArgs<scalar_t>& a,
+                                               const CopyRates<scalar_t>& p) {
+  std::vector<SiteRates<scalar_t>> rates(a.M);
+  for (int64_t m = 1; m < a.M; ++m) {  // entry 0 is not used
     TORCH_CHECK(a.switch_cm[m] >= scalar_t(0), "switch_cm values must be >= 0 (cM from the "
                 "previous typed site), found ", a.switch_cm[m], " at [", m, "]");
+    rates[m] = site_rates(p.rho, a.switch_cm[m]);
+  }
+  return rates;
 }
 
 // Forward-backward of query n into out [M, K]; u: [K] scratch.
 template <typename scalar_t>
 void posterior_of_query(const CopyPosteriorArgs<scalar_t>& a, const CopyRates<scalar_t>& p,
-                        int64_t n, QueryTemplates<scalar_t>& q, scalar_t* u, scalar_t* out) {
+                        const SiteRates<scalar_t>* rates, int64_t n, QueryTemplates<scalar_t>& q,
+                        scalar_t* u, scalar_t* out) {
   const int64_t M = a.M, K = a.K, n_valid = q.load(a, n);
   if (n_valid == 0) {
     std::fill(out, out + M * K, scalar_t(0));
@@ -132,7 +138,7 @@ void posterior_of_query(const CopyPosteriorArgs<scalar_t>& a, const CopyRates<sc
     if (t == 0) {
       lane_sums<1>(K, &sum, [&](int64_t k, auto& acc, int j) { acc[0][j] += cur[k] = e[k] * inv_k; });
     } else {
-      const auto sw = switch_step(p.rho, a.switch_cm[t], inv_k);
+      const auto sw = switch_step(rates[t], inv_k);
       const scalar_t stay = sw.stay * inv_c, jump = sw.jump;
       const scalar_t* prev = cur - K;
       lane_sums<1>(K, &sum, [&](int64_t k, auto& acc, int j) {
@@ -157,7 +163,7 @@ void posterior_of_query(const CopyPosteriorArgs<scalar_t>& a, const CopyRates<sc
     const scalar_t inv_z = sums[0] > 0 ? scalar_t(1) / sums[0] : scalar_t(0);
     for (int64_t k = 0; k < K; ++k) cur[k] *= inv_z;
     if (t > 0) {
-      const auto sw = switch_step(p.rho, a.switch_cm[t], inv_k);
+      const auto sw = switch_step(rates[t], inv_k);
       stay = sw.stay / sums[1];
       jump = sw.jump;
     }
@@ -174,7 +180,8 @@ struct BackwardScratch {
 // dL/dlog_rho and dL/dlogit_theta of query n (see csrc/kernels/copy_posterior.h).
 template <typename scalar_t>
 std::pair<scalar_t, scalar_t> grads_of_query(const CopyPosteriorArgs<scalar_t>& a,
-                                             const CopyRates<scalar_t>& p, int64_t n,
+                                             const CopyRates<scalar_t>& p,
+                                             const SiteRates<scalar_t>* rates, int64_t n,
                                              const scalar_t* grad_post, QueryTemplates<scalar_t>& q,
                                              BackwardScratch<scalar_t>& w) {
   const int64_t M = a.M, K = a.K, n_valid = q.load(a, n);
@@ -206,7 +213,7 @@ std::pair<scalar_t, scalar_t> grads_of_query(const CopyPosteriorArgs<scalar_t>& 
         acc[1][j] += ag[k] = al[k] * g[k];
       });
     } else {
-      const auto sw = switch_step(p.rho, a.switch_cm[t], inv_k);
+      const auto sw = switch_step(rates[t], inv_k);
       const scalar_t stay = sw.stay, jump = sw.jump, jump_g = sw.jump * sum_ag;
       const scalar_t* pa = al - K;
       const scalar_t* pg = ag - K;
@@ -265,7 +272,7 @@ std::pair<scalar_t, scalar_t> grads_of_query(const CopyPosteriorArgs<scalar_t>& 
       step(std::false_type{});
     if (s[0] > 0) grad_theta += (s[1] - expected_g * s[2]) / s[0];
     if (t > 0) {
-      const auto sw = switch_step(p.rho, a.switch_cm[t], inv_k);
+      const auto sw = switch_step(rates[t], inv_k);
       const scalar_t z = sw.stay * s[5] + sw.jump * s[8] * s[3];
       const scalar_t off = s[7] * s[3] + s[8] * s[4] - expected_g * s[8] * s[3] -
                            (s[6] - expected_g * s[5]);
@@ -278,55 +285,36 @@ std::pair<scalar_t, scalar_t> grads_of_query(const CopyPosteriorArgs<scalar_t>& 
   return {grad_rho, grad_theta};
 }
 
-void check_cpu_dtype(const at::Tensor& switch_cm) {
-  TORCH_CHECK(switch_cm.scalar_type() == at::kFloat || switch_cm.scalar_type() == at::kDouble,
-              "switch_cm must be float32 or float64 on the CPU, got ", switch_cm.scalar_type());
-}
-
 }  // namespace
 
-at::Tensor copy_posterior_cpu(const at::Tensor& query, const at::Tensor& templates,
-                              const at::Tensor& ref_sites, const at::Tensor& switch_cm,
-                              const at::Tensor& log_rho, const at::Tensor& logit_theta) {
-  const auto t = prepare_copy_posterior(query, templates, ref_sites, switch_cm, log_rho, logit_theta);
-  check_cpu_dtype(switch_cm);
-  auto post = at::empty(t.post_shape(), switch_cm.options());
-  AT_DISPATCH_FLOATING_TYPES(switch_cm.scalar_type(), "copy_posterior_cpu", [&] {
+void launch_copy_posterior_forward_cpu(const CopyPosteriorTensors& t, at::Tensor& post) {
+  AT_DISPATCH_FLOATING_TYPES(post.scalar_type(), "copy_posterior_cpu", [&] {
     const auto a = t.args<scalar_t>();
-    check_switch_cm(a);
     const auto p = copy_rates<scalar_t>(a.log_rho, a.logit_theta);
+    const auto rates = site_rates_of(a, p);
     scalar_t* out = post.data_ptr<scalar_t>();
     at::parallel_for(0, t.N, 1, [&](int64_t n0, int64_t n1) {
       QueryTemplates<scalar_t> q(t.M, t.K);
       std::vector<scalar_t> u(t.K);
       for (int64_t n = n0; n < n1; ++n)
-        posterior_of_query(a, p, n, q, u.data(), out + n * t.M * t.K);
+        posterior_of_query(a, p, rates.data(), n, q, u.data(), out + n * t.M * t.K);
     });
   });
-  return post;
 }
 
-std::tuple<at::Tensor, at::Tensor> copy_posterior_backward_cpu(
-    const at::Tensor& grad_post, const at::Tensor& query, const at::Tensor& templates,
-    const at::Tensor& ref_sites, const at::Tensor& switch_cm, const at::Tensor& log_rho,
-    const at::Tensor& logit_theta) {
-  const auto t = prepare_copy_posterior(query, templates, ref_sites, switch_cm, log_rho, logit_theta);
-  check_cpu_dtype(switch_cm);
-  check_copy_posterior_grad(grad_post, t);
-  const auto grad_c = grad_post.contiguous();
-  auto grad_log_rho = at::zeros({}, switch_cm.options());
-  auto grad_logit_theta = at::zeros({}, switch_cm.options());
-  AT_DISPATCH_FLOATING_TYPES(switch_cm.scalar_type(), "copy_posterior_backward_cpu", [&] {
+void launch_copy_posterior_backward_cpu(const CopyPosteriorTensors& t, const at::Tensor& grad_post,
+                                        at::Tensor& grad_log_rho, at::Tensor& grad_logit_theta) {
+  AT_DISPATCH_FLOATING_TYPES(grad_post.scalar_type(), "copy_posterior_backward_cpu", [&] {
     const auto a = t.args<scalar_t>();
-    check_switch_cm(a);
     const auto p = copy_rates<scalar_t>(a.log_rho, a.logit_theta);
-    const scalar_t* g = grad_c.data_ptr<scalar_t>();
+    const auto rates = site_rates_of(a, p);
+    const scalar_t* g = grad_post.data_ptr<scalar_t>();
     std::vector<scalar_t> per_query(2 * t.N);
     at::parallel_for(0, t.N, 1, [&](int64_t n0, int64_t n1) {
       QueryTemplates<scalar_t> q(t.M, t.K);
       BackwardScratch<scalar_t> w(t.M, t.K);
       for (int64_t n = n0; n < n1; ++n)
-        std::tie(per_query[2 * n], per_query[2 * n + 1]) = grads_of_query(a, p, n, g, q, w);
+        std::tie(per_query[2 * n], per_query[2 * n + 1]) = grads_of_query(a, p, rates.data(), n, g, q, w);
     });
     // Per-query partials summed in a fixed order: the same result for any thread count.
     scalar_t rho = 0, theta = 0;
@@ -334,7 +322,6 @@ std::tuple<at::Tensor, at::Tensor> copy_posterior_backward_cpu(
     grad_log_rho.fill_(rho);
     grad_logit_theta.fill_(theta);
   });
-  return {grad_log_rho, grad_logit_theta};
 }
 
 }  // namespace embrag

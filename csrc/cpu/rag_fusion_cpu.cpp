@@ -1,153 +1,120 @@
-// rag_fusion on the CPU: stage 1 runs the CUDA block body with one thread per
-// block; stage 2 is at::parallel_for over rows (b, l), loops over D that the
-// compiler vectorises, and the per-(b, l, h) softmax from the shared header.
+// rag_fusion on the CPU: the CUDA block bodies of csrc/kernels/rag_fusion.h,
+// one thread per block (SerialCtx), blocks spread over at::parallel_for. The
+// backward's accumulators are thread-private (one row of a zeroed tensor per
+// worker), summed into the op's accumulators at the end; it takes delta from
+// the saved output.
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 
-#include <vector>
-
-#include "../kernels/rag_fusion.h"
-#include "../ops.h"
-#include "../rag_fusion_tensors.h"
+#include "../launch.h"
+#include "serial_ctx.h"
 
 namespace embrag {
 namespace {
 
-// A block of one thread: runs a block body serially.
-struct SerialCtx {
-  int bx, by;
-  int thread() const { return 0; }
-  int block_dim() const { return 1; }
-  int block_x() const { return bx; }
-  int block_y() const { return by; }
-  void sync() const {}
+// Runs every block of the grid (site tiles x queries). thread_grads: the
+// backward's outputs of each worker, or null for the forward.
+template <typename scalar_t, int kV, int kHeadDim>
+void run_blocks(const RagFusionParams& p, const RagFusionGradParams* thread_grads) {
+  using Block = RagFusionBlock<scalar_t, kV, kHeadDim, SerialCtx>;
+  const bool backward = thread_grads != nullptr;
+  const int64_t smem_bytes = int64_t(rag_fusion_smem_bytes<acc_type<scalar_t>, kV>(p, 1, backward));
+  const int64_t tiles = p.site_tiles(), n_blocks = tiles * p.B;
+  // One shared-memory buffer per worker (8-byte aligned rows).
+  auto smem = at::empty({at::get_num_threads(), ceil_div(smem_bytes, 8)}, at::kDouble);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int worker = at::get_thread_num();
+    auto* buffer = reinterpret_cast<unsigned char*>(smem[worker].data_ptr<double>());
+    for (int64_t block = begin; block < end; ++block) {
+      const SerialCtx ctx{int(block % tiles), int(block / tiles)};
+      Block body(ctx, p, backward, buffer);
+      if (backward)
+        body.backward(thread_grads[worker]);
+      else
+        body.forward();
+    }
+  });
+}
+
+template <typename F>
+void dispatch_dtype(DType dtype, const F& f) {
+  switch (dtype) {
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat64: return f(double{});
+    case DType::kBFloat16: return f(c10::BFloat16{});
+  }
+}
+
+template <typename F>
+void dispatch(const RagFusionParams& p, const F& f) {
+  dispatch_dtype(p.dtype, [&](auto zero) {
+    dispatch_rag_fusion_sizes(p.V, p.head_dim(), [&](auto v, auto head_dim) {
+      f(decltype(zero){}, v, head_dim);
+    });
+  });
+}
+
+// The backward's accumulators, per worker: views into one zeroed tensor.
+struct ThreadAccumulators {
+  at::Tensor all;                                  // [workers, per worker]
+  std::vector<RagFusionGradParams> grads;          // one per worker
+  std::vector<std::pair<int64_t, void*>> outputs;  // (elements, the op's accumulator) in row order
 };
 
-void neighbour_sites_cpu(const RagFusionTensors& t) {
-  const NeighbourSitesArgs a = t.neighbour_sites_args();
-  at::parallel_for(0, a.B * a.K, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<int32_t> smem(neighbour_sites_smem_ints(a.L, 1));
-    for (int64_t i = i0; i < i1; ++i)
-      neighbour_sites_block(SerialCtx{int(i % a.K), int(i / a.K)}, a, smem.data());
-  });
+ThreadAccumulators thread_accumulators(const RagFusionParams& p, const RagFusionGradParams& g) {
+  const int64_t VD = int64_t(p.V) * p.D, H = p.n_heads;
+  ThreadAccumulators t;
+  t.outputs = {{VD, g.grad_tok_k}, {VD, g.grad_tok_v}, {int64_t(p.L) * p.D, g.grad_site_v},
+               {int64_t(p.B) * p.K, g.grad_dist}, {H, g.grad_beta}, {H, g.grad_alpha},
+               {g.grad_gamma ? H : 0, g.grad_gamma}};
+  int64_t per_worker = 0;
+  for (const auto& [n, _] : t.outputs) per_worker += n;
+  const int workers = at::get_num_threads();
+  const auto dtype = p.dtype == DType::kFloat64 ? at::kDouble : at::kFloat;
+  t.all = at::zeros({workers, per_worker}, dtype);
+  for (int w = 0; w < workers; ++w) {
+    RagFusionGradParams mine = g;
+    mine.delta_from_out = true;  // compute-bound: a dot product per row, not K exponentials
+    auto* base = static_cast<unsigned char*>(t.all[w].data_ptr());
+    void** fields[] = {&mine.grad_tok_k, &mine.grad_tok_v, &mine.grad_site_v, &mine.grad_dist,
+                       &mine.grad_beta,  &mine.grad_alpha, &mine.grad_gamma};
+    int64_t offset = 0;
+    for (size_t f = 0; f < t.outputs.size(); ++f) {
+      if (*fields[f]) *fields[f] = base + offset * t.all.element_size();
+      offset += t.outputs[f].first;
+    }
+    t.grads.push_back(mine);
+  }
+  return t;
 }
 
-// x . y with kLanes independent partial sums, so the loop vectorises.
-template <typename scalar_t>
-scalar_t dot(const scalar_t* x, const scalar_t* y, int64_t n) {
-  constexpr int kLanes = 8;
-  scalar_t lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lanes[j] += x[i + j] * y[i + j];
-  scalar_t sum = 0;
-  for (; i < n; ++i) sum += x[i] * y[i];
-  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
-  return sum;
-}
-
-// dots[t] = scale * x . table[t] (head slices of width dh, table rows of width D).
-template <typename scalar_t>
-void head_dots_cpu(const scalar_t* x, const scalar_t* table, int64_t D, int64_t dh, int64_t V,
-                   scalar_t scale, scalar_t* dots) {
-  for (int64_t t = 0; t < V; ++t) dots[t] = scale * dot(x, table + t * D, dh);
-}
-
-// out[0, dh) = site_weight * site + sum_t coef[t] * table[t] (head slices).
-template <typename scalar_t>
-void mix_rows(const scalar_t* coef, const scalar_t* table, int64_t D, int64_t dh, int64_t V,
-              scalar_t site_weight, const scalar_t* site, scalar_t* out) {
-  for (int64_t d = 0; d < dh; ++d) out[d] = site ? site_weight * site[d] : scalar_t(0);
-  for (int64_t t = 0; t < V; ++t)
-    for (int64_t d = 0; d < dh; ++d) out[d] += coef[t] * table[t * D + d];
-}
-
-template <typename scalar_t>
-void rag_fusion_forward_cpu_kernel(const RagFusionArgs<scalar_t>& a, scalar_t* out) {
-  const int64_t D = a.D, V = a.V, dh = a.d_head();
-  const scalar_t key_scale = scalar_t(1) / std::sqrt(scalar_t(dh));
-  at::parallel_for(0, a.B * a.L, 16, [&](int64_t r0, int64_t r1) {
-    scalar_t qk[kMaxTokens], weight[kMaxTokens + 1];
-    for (int64_t row = r0; row < r1; ++row)
-      for (int64_t h = 0; h < a.n_heads; ++h) {
-        const int64_t col = row * D + h * dh;  // head slice of this row
-        head_dots_cpu(a.q + col, a.tok_k + h * dh, D, dh, V, key_scale, qk);
-        neighbour_weights(a, row, h, qk, weight);
-        mix_rows(weight, a.tok_v + h * dh, D, dh, V, weight[V], a.site_v + (row % a.L) * D + h * dh,
-                 out + col);
-      }
-  });
-}
-
-template <typename scalar_t>
-void rag_fusion_backward_cpu_kernel(const RagFusionArgs<scalar_t>& a,
-                                    const RagFusionGrads<scalar_t, scalar_t>& g) {
-  const int64_t D = a.D, V = a.V, K = a.K, nh = a.n_heads, dh = a.d_head();
-  const scalar_t key_scale = scalar_t(1) / std::sqrt(scalar_t(dh));
-  at::parallel_for(0, a.B * a.L, 16, [&](int64_t r0, int64_t r1) {
-    scalar_t qk[kMaxTokens], gv[kMaxTokens];
-    for (int64_t row = r0; row < r1; ++row)
-      for (int64_t h = 0; h < nh; ++h) {
-        const int64_t col = row * D + h * dh, head = row * nh + h;
-        head_dots_cpu(a.q + col, a.tok_k + h * dh, D, dh, V, key_scale, qk);
-        head_dots_cpu(g.grad_out + col, a.tok_v + h * dh, D, dh, V, scalar_t(1), gv);
-        scalar_t* weight = g.weight + head * (V + 1);
-        scalar_t* grad_tok_score = g.grad_tok_score + head * V;
-        const auto stats = neighbour_weights(a, row, h, qk, weight);
-        neighbour_score_grads(a, row, h, qk, gv, weight, stats, grad_tok_score,
-                              g.grad_score + head * K);
-        mix_rows(grad_tok_score, a.tok_k + h * dh, D, dh, V, scalar_t(0),
-                 static_cast<const scalar_t*>(nullptr), g.grad_q + col);
-      }
-  });
-}
-
-void check_cpu_dtype(const at::Tensor& q) {
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
-              "q must be float32 or float64 on the CPU (bfloat16 runs on CUDA only), got ",
-              q.scalar_type());
+// Adds the workers' sums into the op's accumulators.
+void reduce(const ThreadAccumulators& t) {
+  const at::Tensor total = t.all.sum(0);
+  int64_t offset = 0;
+  for (const auto& [n, output] : t.outputs) {
+    if (output) {
+      auto out = at::from_blob(output, {n}, total.options());
+      out.add_(total.narrow(0, offset, n));
+    }
+    offset += n;
+  }
 }
 
 }  // namespace
 
-at::Tensor rag_fusion_cpu(const at::Tensor& q, const at::Tensor& topk, const at::Tensor& ref_tokens,
-                          const at::Tensor& tok_k, const at::Tensor& tok_v,
-                          const at::Tensor& site_k, const at::Tensor& site_v,
-                          const at::Tensor& dist, const at::Tensor& beta,
-                          const at::Tensor& q_tokens, const at::Tensor& observed,
-                          const at::Tensor& alpha, int64_t n_heads, int64_t half_width) {
-  check_cpu_dtype(q);
-  const auto t = prepare_rag_fusion(q, topk, ref_tokens, tok_k, tok_v, site_k, site_v, dist, beta,
-                                    q_tokens, observed, alpha, n_heads, half_width);
-  neighbour_sites_cpu(t);
-  auto out = at::empty_like(t.q);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "rag_fusion_cpu", [&] {
-    rag_fusion_forward_cpu_kernel(t.fusion_args<scalar_t>(), out.data_ptr<scalar_t>());
+void launch_rag_fusion_forward_cpu(const RagFusionParams& p) {
+  dispatch(p, [&](auto zero, auto v, auto head_dim) {
+    run_blocks<decltype(zero), v(), head_dim()>(p, nullptr);
   });
-  return out;
 }
 
-RagFusionGradients rag_fusion_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& topk,
-    const at::Tensor& ref_tokens, const at::Tensor& tok_k, const at::Tensor& tok_v,
-    const at::Tensor& dist, const at::Tensor& beta, const at::Tensor& q_tokens,
-    const at::Tensor& observed, const at::Tensor& alpha, int64_t n_heads, int64_t half_width) {
-  check_cpu_dtype(q);
-  const auto t = prepare_rag_fusion(q, topk, ref_tokens, tok_k, tok_v, {}, {}, dist, beta,
-                                    q_tokens, observed, alpha, n_heads, half_width);
-  check_rag_fusion_grad_out(grad_out, q);
-  neighbour_sites_cpu(t);
-  const auto grad_c = grad_out.contiguous();
-  auto grad_q = at::empty_like(t.q);
-  const auto c = empty_rag_fusion_coefficients(t, q.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "rag_fusion_backward_cpu", [&] {
-    rag_fusion_backward_cpu_kernel(
-        t.fusion_args<scalar_t>(),
-        RagFusionGrads<scalar_t, scalar_t>{grad_c.data_ptr<scalar_t>(), grad_q.data_ptr<scalar_t>(),
-                                           c.weight.data_ptr<scalar_t>(),
-                                           c.grad_tok_score.data_ptr<scalar_t>(),
-                                           c.grad_score.data_ptr<scalar_t>()});
+void launch_rag_fusion_backward_cpu(const RagFusionParams& p, const RagFusionGradParams& g) {
+  const ThreadAccumulators accumulators = thread_accumulators(p, g);
+  dispatch(p, [&](auto zero, auto v, auto head_dim) {
+    run_blocks<decltype(zero), v(), head_dim()>(p, accumulators.grads.data());
   });
-  return std::tuple_cat(std::make_tuple(grad_q), rag_fusion_param_grads(t, grad_c, c));
+  reduce(accumulators);
 }
 
 }  // namespace embrag

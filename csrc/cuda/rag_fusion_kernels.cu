@@ -1,88 +1,86 @@
-// rag_fusion CUDA kernels: thin __global__ wrappers around the block bodies in
-// csrc/kernels/rag_fusion.h (the same bodies the SIMT shim tests).
-#include "rag_fusion_launch.h"
+// rag_fusion CUDA kernels: thin __global__ wrappers around the block bodies of
+// csrc/kernels/rag_fusion.h (the bodies the CPU kernels and the SIMT shim run),
+// one instantiation per (element type, token rows kV, head width). No
+// __launch_bounds__: with it ptxas trades registers for occupancy and spills.
+#include <cuda_bf16.h>
+
+#include "kernels.h"
 
 namespace embrag {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int64_t kMaxSiteTile = 32;
-
-__global__ void neighbour_sites_kernel(NeighbourSitesArgs args) {
-  extern __shared__ int32_t int_smem[];
-  neighbour_sites_block(CudaCtx{}, args, int_smem);
+template <typename scalar_t, int kV, int kHeadDim>
+__global__ void rag_fusion_forward_kernel(const RagFusionParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const CudaCtx ctx{};
+  RagFusionBlock<scalar_t, kV, kHeadDim, CudaCtx>(ctx, p, false, smem).forward();
 }
 
-template <typename scalar_t>
-__global__ void rag_fusion_forward_kernel(RagFusionArgs<scalar_t> args, scalar_t* out,
-                                          int64_t tile) {
-  extern __shared__ float float_smem[];
-  rag_fusion_forward_block(CudaCtx{}, args, out, tile, float_smem);
+template <typename scalar_t, int kV, int kHeadDim>
+__global__ void rag_fusion_backward_kernel(const RagFusionParams p, const RagFusionGradParams g) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const CudaCtx ctx{};
+  RagFusionBlock<scalar_t, kV, kHeadDim, CudaCtx>(ctx, p, true, smem).backward(g);
 }
 
-template <typename scalar_t>
-__global__ void rag_fusion_backward_kernel(RagFusionArgs<scalar_t> args,
-                                           RagFusionGrads<scalar_t> grads, int64_t tile) {
-  extern __shared__ float float_smem[];
-  rag_fusion_backward_block(CudaCtx{}, args, grads, tile, float_smem);
+// Launches kernel on the (site tiles, queries) grid with smem_bytes of
+// dynamic shared memory, opting in above the 48 KiB default, then the report
+// of a bad input (csrc/kernels/device.h).
+template <typename Kernel, typename... Args>
+cudaError_t launch(Kernel kernel, const RagFusionParams& p, size_t smem_bytes, cudaStream_t stream,
+                   const Args&... args) {
+  if (smem_bytes > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<dim3(unsigned(p.site_tiles()), unsigned(p.B)), kRagFusionThreads, smem_bytes, stream>>>(args...);
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
+  return cudaGetLastError();
 }
 
-int64_t smem_floats(int64_t tile, int64_t V, int64_t D, int64_t nh, bool backward) {
-  return backward ? rag_fusion_backward_smem_floats(tile, V, D, nh)
-                  : rag_fusion_forward_smem_floats(tile, V, D, nh);
-}
-
-// Grid of stage 2: (site tiles, queries).
-dim3 fusion_grid(int64_t L, int64_t B, int64_t tile) {
-  return dim3(unsigned(ceil_div(L, tile)), unsigned(B));
+// Calls f(scalar_t{}, kV, kHeadDim) with the kernel's compile-time types.
+template <typename F>
+cudaError_t dispatch(const RagFusionParams& p, const F& f) {
+  cudaError_t err = cudaErrorInvalidValue;  // float64 does not run on CUDA
+  dispatch_rag_fusion_sizes(p.V, p.head_dim(), [&](auto v, auto head_dim) {
+    if (p.dtype == DType::kFloat32) err = f(float{}, v, head_dim);
+    if (p.dtype == DType::kBFloat16) err = f(__nv_bfloat16{}, v, head_dim);
+  });
+  return err;
 }
 
 }  // namespace
 
-cudaError_t launch_neighbour_sites(const NeighbourSitesArgs& args, cudaStream_t stream) {
-  if (args.B == 0) return cudaSuccess;
-  const size_t smem = size_t(neighbour_sites_smem_ints(args.L, kThreads)) * sizeof(int32_t);
-  neighbour_sites_kernel<<<dim3(unsigned(args.K), unsigned(args.B)), kThreads, smem, stream>>>(args);
-  return cudaGetLastError();
+int32_t rag_fusion_cuda_site_tile(const RagFusionParams& p, bool backward) {
+  RagFusionParams trial = p;
+  for (trial.site_tile = kSiteTile; trial.site_tile > 0; trial.site_tile /= 2) {
+    size_t bytes = 0;
+    dispatch_rag_fusion_sizes(p.V, p.head_dim(), [&](auto v, auto) {
+      bytes = rag_fusion_smem_bytes<float, v()>(trial, kRagFusionThreads, backward);
+    });
+    if (bytes <= size_t(kMaxSharedBytes)) return trial.site_tile;
+  }
+  return 0;
 }
 
-int64_t rag_fusion_site_tile(int64_t V, int64_t D, int64_t n_heads, bool backward) {
-  int64_t tile = kMaxSiteTile;
-  while (tile > 0 && smem_floats(tile, V, D, n_heads, backward) * int64_t(sizeof(float)) >
-                         kRagFusionSmemBytes)
-    --tile;
-  return tile;
+cudaError_t launch_rag_fusion_forward(const RagFusionParams& p, cudaStream_t stream) {
+  if (p.B == 0) return cudaSuccess;
+  return dispatch(p, [&](auto zero, auto v, auto head_dim) {
+    using scalar_t = decltype(zero);
+    return launch(rag_fusion_forward_kernel<scalar_t, v(), head_dim()>, p,
+                  rag_fusion_smem_bytes<float, v()>(p, kRagFusionThreads, false), stream, p);
+  });
 }
 
-template <typename scalar_t>
-cudaError_t launch_rag_fusion_forward(const RagFusionArgs<scalar_t>& args, scalar_t* out,
-                                      cudaStream_t stream) {
-  if (args.B == 0) return cudaSuccess;
-  const int64_t tile = rag_fusion_site_tile(args.V, args.D, args.n_heads, false);
-  const size_t smem = size_t(smem_floats(tile, args.V, args.D, args.n_heads, false)) * sizeof(float);
-  rag_fusion_forward_kernel<scalar_t>
-      <<<fusion_grid(args.L, args.B, tile), kThreads, smem, stream>>>(args, out, tile);
-  return cudaGetLastError();
+cudaError_t launch_rag_fusion_backward(const RagFusionParams& p, const RagFusionGradParams& g,
+                                       cudaStream_t stream) {
+  if (p.B == 0) return cudaSuccess;
+  return dispatch(p, [&](auto zero, auto v, auto head_dim) {
+    using scalar_t = decltype(zero);
+    return launch(rag_fusion_backward_kernel<scalar_t, v(), head_dim()>, p,
+                  rag_fusion_smem_bytes<float, v()>(p, kRagFusionThreads, true), stream, p, g);
+  });
 }
-
-template <typename scalar_t>
-cudaError_t launch_rag_fusion_backward(const RagFusionArgs<scalar_t>& args,
-                                       const RagFusionGrads<scalar_t>& grads, cudaStream_t stream) {
-  if (args.B == 0) return cudaSuccess;
-  const int64_t tile = rag_fusion_site_tile(args.V, args.D, args.n_heads, true);
-  const size_t smem = size_t(smem_floats(tile, args.V, args.D, args.n_heads, true)) * sizeof(float);
-  rag_fusion_backward_kernel<scalar_t>
-      <<<fusion_grid(args.L, args.B, tile), kThreads, smem, stream>>>(args, grads, tile);
-  return cudaGetLastError();
-}
-
-template cudaError_t launch_rag_fusion_forward<float>(const RagFusionArgs<float>&, float*,
-                                                      cudaStream_t);
-template cudaError_t launch_rag_fusion_forward<__nv_bfloat16>(const RagFusionArgs<__nv_bfloat16>&,
-                                                              __nv_bfloat16*, cudaStream_t);
-template cudaError_t launch_rag_fusion_backward<float>(const RagFusionArgs<float>&,
-                                                       const RagFusionGrads<float>&, cudaStream_t);
-template cudaError_t launch_rag_fusion_backward<__nv_bfloat16>(
-    const RagFusionArgs<__nv_bfloat16>&, const RagFusionGrads<__nv_bfloat16>&, cudaStream_t);
 
 }  // namespace embrag

@@ -1,6 +1,7 @@
 // window_embed CUDA kernels: thin __global__ wrappers around the block bodies
-// in csrc/kernels/window_embed.h (the same bodies the SIMT shim tests).
-#include "window_embed_launch.h"
+// in csrc/kernels/window_embed.h (the same bodies the SIMT shim tests), each
+// followed by the report of a bad input (csrc/kernels/device.h).
+#include "kernels.h"
 
 namespace embrag {
 namespace {
@@ -17,10 +18,6 @@ __global__ void window_embed_backward_kernel(WindowEmbedBackwardArgs<float> args
   window_embed_backward_block(CudaCtx{}, args, smem);
 }
 
-__global__ void af_features_kernel(const float* af, int64_t L, int64_t F, float* feats) {
-  af_features_block(CudaCtx{}, af, L, F, feats);
-}
-
 }  // namespace
 
 cudaError_t launch_window_embed_forward(const WindowEmbedArgs<float>& args, cudaStream_t stream) {
@@ -28,22 +25,23 @@ cudaError_t launch_window_embed_forward(const WindowEmbedArgs<float>& args, cuda
   const dim3 grid(unsigned(args.L), unsigned(ceil_div(args.B, kForwardBatchTile)));
   const size_t smem = size_t(args.F + args.D) * sizeof(float);
   window_embed_forward_kernel<<<grid, kThreads, smem, stream>>>(args);
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
   return cudaGetLastError();
 }
 
 cudaError_t launch_window_embed_backward(const WindowEmbedBackwardArgs<float>& args,
                                          cudaStream_t stream) {
-  if (args.L == 0) return cudaSuccess;
-  const unsigned grid = unsigned(ceil_div(args.L, kBackwardSiteTile));
+  if (args.B == 0 || args.L == 0) return cudaSuccess;
+  const dim3 grid(unsigned(ceil_div(args.L, kBackwardSiteTile)),
+                  unsigned(ceil_div(args.B, kBackwardBatchTile)));
   const size_t smem = window_embed_backward_smem_bytes(args.V, args.D);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        window_embed_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
   window_embed_backward_kernel<<<grid, kThreads, smem, stream>>>(args);
-  return cudaGetLastError();
-}
-
-cudaError_t launch_af_features(const float* af, int64_t L, int64_t F, float* feats,
-                               cudaStream_t stream) {
-  if (L * F == 0) return cudaSuccess;
-  af_features_kernel<<<unsigned(ceil_div(L * F, kThreads)), kThreads, 0, stream>>>(af, L, F, feats);
+  report_bad_input_kernel<<<1, 1, 0, stream>>>();
   return cudaGetLastError();
 }
 

@@ -41,27 +41,19 @@
 // The CPU kernel (csrc/cpu) writes these recursions as loops over K; the CUDA block
 // bodies below (one block per query, threads over K, one block reduction per step) run
 // on CUDA (csrc/cuda) and under the SIMT shim (tests/simt).
+//
+// Values are checked where they are read, so that nothing syncs with the host: the
+// CPU kernel raises the op's one-line error; the block bodies report a template id out
+// of range, a query value > 2, a ref_sites value > 1 and a negative or NaN switch_cm
+// through their Ctx (csrc/kernels/device.h: on CUDA, the report kernel after the
+// launch) and go on with a safe value. The helpers in between (site_rates,
+// emission_at) take values already checked.
 #pragma once
 
-#include <cassert>
 #include <cmath>
 #include <cstdint>
 
 #include "device.h"
-
-// A value check only the device can make without a host sync (a template id out of
-// range, a query value > 2, a ref_sites value > 1, a negative or NaN switch_cm):
-// a device-side assert on CUDA (the launch then fails with "device-side assert
-// triggered"), assert() elsewhere. The CPU kernel checks the same values itself and
-// raises an error.
-#if defined(__CUDA_ARCH__)
-#define EMBRAG_DEVICE_CHECK(cond) \
-  do {                            \
-    if (!(cond)) __assert_fail(#cond, __FILE__, __LINE__, __func__); \
-  } while (0)
-#else
-#define EMBRAG_DEVICE_CHECK(cond) assert(cond)
-#endif
 
 namespace embrag {
 
@@ -98,8 +90,8 @@ struct CopyRates {
 template <typename acc_t, typename scalar_t>
 EMBRAG_HD CopyRates<acc_t> copy_rates(const scalar_t* log_rho, const scalar_t* logit_theta) {
   using std::exp;
-  const acc_t x = convert<acc_t>(*logit_theta);
-  return {exp(convert<acc_t>(*log_rho)), acc_t(1) / (acc_t(1) + exp(-x)),
+  const acc_t x = element_cast<acc_t>(*logit_theta);
+  return {exp(element_cast<acc_t>(*log_rho)), acc_t(1) / (acc_t(1) + exp(-x)),
           acc_t(1) / (acc_t(1) + exp(x))};
 }
 
@@ -107,22 +99,38 @@ EMBRAG_HD CopyRates<acc_t> copy_rates(const scalar_t* log_rho, const scalar_t* l
 // and grad_coef = (s_off - s_diag) * jump, the log_rho term's factor (see the top), written
 // without dividing by r so that cm = 0 gives 0:
 //   s_off = r'/r, s_diag = -r' (1 - 1/K) / (stay + jump), r' = dr/dlog_rho = x exp(-x).
+// SiteRates is the part that does not depend on the query (the CPU computes it once per site).
+template <typename acc_t>
+struct SiteRates {
+  acc_t stay, r, dr;  // exp(-x), 1 - exp(-x), x exp(-x); x = rho * cm
+};
+
+template <typename acc_t>
+EMBRAG_HD SiteRates<acc_t> site_rates(acc_t rho, acc_t cm) {
+  using std::exp;
+  using std::expm1;
+  const acc_t x = rho * cm, stay = exp(-x);
+  return {stay, -expm1(-x), x * stay};
+}
+
 template <typename acc_t>
 struct SwitchStep {
   acc_t stay, jump, grad_coef;
 };
 
 template <typename acc_t>
+EMBRAG_HD SwitchStep<acc_t> switch_step(const SiteRates<acc_t>& s, acc_t inv_k) {
+  const acc_t jump = s.r * inv_k;
+  return {s.stay, jump, s.dr * inv_k + s.dr * (acc_t(1) - inv_k) * jump / (s.stay + jump)};
+}
+
+template <typename acc_t>
 EMBRAG_HD SwitchStep<acc_t> switch_step(acc_t rho, acc_t cm, acc_t inv_k) {
-  using std::exp;
-  using std::expm1;
-  EMBRAG_DEVICE_CHECK(cm >= acc_t(0));
-  const acc_t x = rho * cm, stay = exp(-x), jump = -expm1(-x) * inv_k, dr = x * stay;
-  return {stay, jump, dr * inv_k + dr * (acc_t(1) - inv_k) * jump / (stay + jump)};
+  return switch_step(site_rates(rho, cm), inv_k);
 }
 
 // Emission and score s = d log e / d logit_theta of a template carrying allele 0 / 1,
-// given the query's allele at the site.
+// given the query's allele at the site (0, 1 or kQueryMask).
 template <typename acc_t>
 struct Emission {
   acc_t e0, e1, s0, s1;
@@ -130,18 +138,9 @@ struct Emission {
 
 template <typename acc_t>
 EMBRAG_HD Emission<acc_t> emission_at(uint8_t q, const CopyRates<acc_t>& p) {
-  EMBRAG_DEVICE_CHECK(q <= kQueryMask);
   if (q == kQueryMask) return {acc_t(1), acc_t(1), acc_t(0), acc_t(0)};
   if (q == 0) return {p.one_minus_theta, p.theta, -p.theta, p.one_minus_theta};
   return {p.theta, p.one_minus_theta, p.one_minus_theta, -p.theta};
-}
-
-// Allele of template `col` (>= 0) at site t.
-template <typename scalar_t>
-EMBRAG_HD uint8_t template_allele(const CopyPosteriorArgs<scalar_t>& a, int64_t col, int64_t t) {
-  const uint8_t x = a.ref_sites[t * a.ref_stride + col];
-  EMBRAG_DEVICE_CHECK(x <= 1);
-  return x;
 }
 
 // ---- CUDA block bodies (run by csrc/cuda and by the SIMT shim) --------------
@@ -149,13 +148,48 @@ EMBRAG_HD uint8_t template_allele(const CopyPosteriorArgs<scalar_t>& a, int64_t 
 // it alone reads and writes their entries of post and of the scratch, so the only
 // shared state is the reduction buffer, and the only barriers are the reductions'.
 
+// Template id checked against [-1, H): a bad one is reported (Ctx) and read as -1 (none).
+template <typename scalar_t, typename Ctx>
+EMBRAG_HD int64_t template_column(const Ctx& ctx, const CopyPosteriorArgs<scalar_t>& a, int64_t id) {
+  if (id >= -1 && id < a.H) return id;
+  ctx.bad_index("templates", id, -1, a.H);
+  return -1;
+}
+
+// Allele of template `col` (>= 0) at site t, checked: a bad one is reported and read as ALT.
+template <typename scalar_t, typename Ctx>
+EMBRAG_HD uint8_t template_allele(const Ctx& ctx, const CopyPosteriorArgs<scalar_t>& a,
+                                  int64_t col, int64_t t) {
+  const uint8_t x = a.ref_sites[t * a.ref_stride + col];
+  if (x <= 1) return x;
+  ctx.bad_index("ref_sites", x, 0, 2);
+  return 1;
+}
+
+// The query's allele at site t, checked: a bad one is reported and read as MASK.
+template <typename Ctx>
+EMBRAG_HD uint8_t query_allele(const Ctx& ctx, const uint8_t* query, int64_t t) {
+  if (query[t] <= kQueryMask) return query[t];
+  ctx.bad_index("query", query[t], 0, kQueryMask + 1);
+  return kQueryMask;
+}
+
+// switch_cm[t], checked: a negative or NaN one is reported and read as 0.
+template <typename acc_t, typename scalar_t, typename Ctx>
+EMBRAG_HD acc_t switch_cm_at(const Ctx& ctx, const CopyPosteriorArgs<scalar_t>& a, int64_t t) {
+  const acc_t cm = element_cast<acc_t>(a.switch_cm[t]);
+  if (cm >= acc_t(0)) return cm;
+  ctx.bad_value("switch_cm", double(cm), ">= 0 (cM from the previous typed site)");
+  return acc_t(0);
+}
+
 constexpr int kReduceGroups = 16;  // first-stage partial sums of a block reduction
 constexpr int kForwardSums = 2, kBackwardSums = 9;
 
 constexpr int kMaxSums = kBackwardSums;  // the most values one block_sum reduces
 
 // Shared acc_t elements of either copy_posterior block body (block_sum's buffer).
-EMBRAG_HD int64_t copy_posterior_smem_elems(int block) {
+EMBRAG_HD constexpr int64_t copy_posterior_smem_elems(int block) {
   return int64_t(kMaxSums) * (kReduceGroups + block);
 }
 
@@ -196,18 +230,17 @@ EMBRAG_HD acc_t count_templates(const Ctx& ctx, const CopyPosteriorArgs<scalar_t
                                 const int64_t* tpl, acc_t* smem) {
   acc_t count[1] = {acc_t(0)};
   for (int64_t k = ctx.thread(); k < a.K; k += ctx.block_dim()) {
-    EMBRAG_DEVICE_CHECK(tpl[k] >= -1 && tpl[k] < a.H);
-    count[0] += tpl[k] >= 0 ? acc_t(1) : acc_t(0);
+    count[0] += template_column(ctx, a, tpl[k]) >= 0 ? acc_t(1) : acc_t(0);
   }
   block_sum(ctx, count, smem);
   return count[0];
 }
 
 // Emission of template k (0 if it is not valid) at site t.
-template <typename scalar_t, typename acc_t>
-EMBRAG_HD acc_t template_emission(const CopyPosteriorArgs<scalar_t>& a, const Emission<acc_t>& em,
-                                  int64_t col, int64_t t) {
-  return col < 0 ? acc_t(0) : (template_allele(a, col, t) ? em.e1 : em.e0);
+template <typename scalar_t, typename acc_t, typename Ctx>
+EMBRAG_HD acc_t template_emission(const Ctx& ctx, const CopyPosteriorArgs<scalar_t>& a,
+                                  const Emission<acc_t>& em, int64_t col, int64_t t) {
+  return col < 0 ? acc_t(0) : (template_allele(ctx, a, col, t) ? em.e1 : em.e0);
 }
 
 // Forward: post [N, M, K]; carry [N, K] scratch. Shared memory: copy_posterior_smem_elems.
@@ -222,7 +255,7 @@ EMBRAG_HD void copy_posterior_forward_block(const Ctx& ctx, const CopyPosteriorA
   const acc_t n_valid = count_templates(ctx, a, tpl, smem);
   if (n_valid == acc_t(0)) {  // no template: all zeros
     for (int64_t t = 0; t < M; ++t)
-      for (int64_t k = first; k < K; k += step) out[t * K + k] = convert<scalar_t>(acc_t(0));
+      for (int64_t k = first; k < K; k += step) out[t * K + k] = element_cast<scalar_t>(acc_t(0));
     return;
   }
   const acc_t inv_k = acc_t(1) / n_valid;
@@ -231,15 +264,16 @@ EMBRAG_HD void copy_posterior_forward_block(const Ctx& ctx, const CopyPosteriorA
   // Forward sweep: unnormalised alpha_t into out[t], its sum c_t.
   acc_t inv_c = acc_t(0);
   for (int64_t t = 0; t < M; ++t) {
-    const Emission<acc_t> em = emission_at(query[t], p);
+    const Emission<acc_t> em = emission_at(query_allele(ctx, query, t), p);
     SwitchStep<acc_t> sw{acc_t(0), inv_k, acc_t(0)};  // t = 0: the uniform start
-    if (t > 0) sw = switch_step(p.rho, convert<acc_t>(a.switch_cm[t]), inv_k);
+    if (t > 0) sw = switch_step(p.rho, switch_cm_at<acc_t>(ctx, a, t), inv_k);
     const acc_t stay = sw.stay * inv_c;
     acc_t sum[1] = {acc_t(0)};
     for (int64_t k = first; k < K; k += step) {
-      const acc_t prev = t > 0 ? convert<acc_t>(out[(t - 1) * K + k]) : acc_t(0);
-      const acc_t alpha = template_emission(a, em, tpl[k], t) * (stay * prev + sw.jump);
-      out[t * K + k] = convert<scalar_t>(alpha);
+      const acc_t prev = t > 0 ? element_cast<acc_t>(out[(t - 1) * K + k]) : acc_t(0);
+      const int64_t col = template_column(ctx, a, tpl[k]);
+      const acc_t alpha = template_emission(ctx, a, em, col, t) * (stay * prev + sw.jump);
+      out[t * K + k] = element_cast<scalar_t>(alpha);
       sum[0] += alpha;
     }
     block_sum(ctx, sum, smem);
@@ -251,14 +285,15 @@ EMBRAG_HD void copy_posterior_forward_block(const Ctx& ctx, const CopyPosteriorA
   SwitchStep<acc_t> next{acc_t(0), acc_t(1), acc_t(0)};  // t = M - 1: beta = 1
   for (int64_t k = first; k < K; k += step) u[k] = acc_t(0);
   for (int64_t t = M - 1; t >= 0; --t) {
-    const Emission<acc_t> em = emission_at(query[t], p);
+    const Emission<acc_t> em = emission_at(query_allele(ctx, query, t), p);
     const acc_t stay = next.stay * inv_su;
     acc_t sums[kForwardSums] = {acc_t(0), acc_t(0)};
     for (int64_t k = first; k < K; k += step) {
-      const acc_t beta = tpl[k] >= 0 ? stay * u[k] + next.jump : acc_t(0);
-      const acc_t joint = convert<acc_t>(out[t * K + k]) * beta;
-      const acc_t e_beta = template_emission(a, em, tpl[k], t) * beta;
-      out[t * K + k] = convert<scalar_t>(joint);
+      const int64_t col = template_column(ctx, a, tpl[k]);
+      const acc_t beta = col >= 0 ? stay * u[k] + next.jump : acc_t(0);
+      const acc_t joint = element_cast<acc_t>(out[t * K + k]) * beta;
+      const acc_t e_beta = template_emission(ctx, a, em, col, t) * beta;
+      out[t * K + k] = element_cast<scalar_t>(joint);
       u[k] = e_beta;
       sums[0] += joint;
       sums[1] += e_beta;
@@ -266,9 +301,9 @@ EMBRAG_HD void copy_posterior_forward_block(const Ctx& ctx, const CopyPosteriorA
     block_sum(ctx, sums, smem);
     const acc_t inv_z = sums[0] > acc_t(0) ? acc_t(1) / sums[0] : acc_t(0);
     for (int64_t k = first; k < K; k += step)
-      out[t * K + k] = convert<scalar_t>(convert<acc_t>(out[t * K + k]) * inv_z);
+      out[t * K + k] = element_cast<scalar_t>(element_cast<acc_t>(out[t * K + k]) * inv_z);
     inv_su = acc_t(1) / sums[1];
-    if (t > 0) next = switch_step(p.rho, convert<acc_t>(a.switch_cm[t]), inv_k);
+    if (t > 0) next = switch_step(p.rho, switch_cm_at<acc_t>(ctx, a, t), inv_k);
   }
 }
 
@@ -293,24 +328,25 @@ EMBRAG_HD void copy_posterior_backward_block(const Ctx& ctx, const CopyPosterior
   }
   const acc_t inv_k = acc_t(1) / n_valid;
   const CopyRates<acc_t> p = copy_rates<acc_t>(a.log_rho, a.logit_theta);
-  auto grad_at = [&](int64_t i, int64_t k) {  // grad_post, 0 for invalid k (any value there)
-    return tpl[k] >= 0 ? convert<acc_t>(grad_post[i]) : acc_t(0);
+  auto grad_at = [&](int64_t i, int64_t col) {  // grad_post, 0 for no template (any value there)
+    return col >= 0 ? element_cast<acc_t>(grad_post[i]) : acc_t(0);
   };
 
   // Forward sweep: normalised alpha_t and Ag_t = alpha_t A_t; sum_Ag = sum_k Ag_{t-1}(k).
   acc_t sum_ag = acc_t(0);
   for (int64_t t = 0; t < M; ++t) {
-    const Emission<acc_t> em = emission_at(query[t], p);
+    const Emission<acc_t> em = emission_at(query_allele(ctx, query, t), p);
     SwitchStep<acc_t> sw{acc_t(0), inv_k, acc_t(0)};
-    if (t > 0) sw = switch_step(p.rho, convert<acc_t>(a.switch_cm[t]), inv_k);
+    if (t > 0) sw = switch_step(p.rho, switch_cm_at<acc_t>(ctx, a, t), inv_k);
     acc_t sums[2] = {acc_t(0), acc_t(0)};
     for (int64_t k = first; k < K; k += step) {
       const int64_t i = t * K + k;
-      const acc_t e = template_emission(a, em, tpl[k], t);
+      const int64_t col = template_column(ctx, a, tpl[k]);
+      const acc_t e = template_emission(ctx, a, em, col, t);
       const acc_t prev = t > 0 ? alpha[i - K] : acc_t(0);
       const acc_t prev_g = t > 0 ? alpha_g[i - K] : acc_t(0);
       const acc_t al = e * (sw.stay * prev + sw.jump);
-      const acc_t ag = al * grad_at(i, k) + e * (sw.stay * prev_g + sw.jump * sum_ag);
+      const acc_t ag = al * grad_at(i, col) + e * (sw.stay * prev_g + sw.jump * sum_ag);
       alpha[i] = al;
       alpha_g[i] = ag;
       sums[0] += al;
@@ -331,18 +367,18 @@ EMBRAG_HD void copy_posterior_backward_block(const Ctx& ctx, const CopyPosterior
   SwitchStep<acc_t> next{acc_t(0), acc_t(1), acc_t(0)};  // t = M - 1: beta = 1, B = g
   for (int64_t k = first; k < K; k += step) u[k] = v[k] = acc_t(0);
   for (int64_t t = M - 1; t >= 0; --t) {
-    const Emission<acc_t> em = emission_at(query[t], p);
+    const Emission<acc_t> em = emission_at(query_allele(ctx, query, t), p);
     const acc_t stay = next.stay * inv_su, jump_v = next.jump * sum_v * inv_su;
     // 0 Z = sum alpha beta; 1, 2: the theta term's sums; 3 sum u; 4 sum v;
     // 5 sum alpha_{t-1} u; 6 sum Ag_{t-1} u + alpha_{t-1} v; 7 sum Ag_{t-1}; 8 sum alpha_{t-1}.
     acc_t s[kBackwardSums] = {};
     for (int64_t k = first; k < K; k += step) {
-      const int64_t i = t * K + k, col = tpl[k];
-      const acc_t valid = col >= 0 ? acc_t(1) : acc_t(0), gk = grad_at(i, k);
+      const int64_t i = t * K + k, col = template_column(ctx, a, tpl[k]);
+      const acc_t valid = col >= 0 ? acc_t(1) : acc_t(0), gk = grad_at(i, col);
       const acc_t beta = valid * (stay * u[k] + next.jump);
       const acc_t beta_g = beta * gk + valid * (stay * v[k] + jump_v);
       const acc_t al = alpha[i], ag = alpha_g[i], ab = al * beta;
-      const uint8_t allele = col >= 0 ? template_allele(a, col, t) : 0;
+      const uint8_t allele = col >= 0 ? template_allele(ctx, a, col, t) : 0;
       const acc_t e = col >= 0 ? (allele ? em.e1 : em.e0) : acc_t(0);
       const acc_t score = col >= 0 ? (allele ? em.s1 : em.s0) : acc_t(0);
       const acc_t uk = e * beta, vk = e * beta_g;
@@ -364,7 +400,7 @@ EMBRAG_HD void copy_posterior_backward_block(const Ctx& ctx, const CopyPosterior
     block_sum(ctx, s, smem);
     if (s[0] > acc_t(0)) grad_theta += (s[1] - expected_g * s[2]) / s[0];
     if (t > 0) {
-      const SwitchStep<acc_t> sw = switch_step(p.rho, convert<acc_t>(a.switch_cm[t]), inv_k);
+      const SwitchStep<acc_t> sw = switch_step(p.rho, switch_cm_at<acc_t>(ctx, a, t), inv_k);
       const acc_t z = sw.stay * s[5] + sw.jump * s[8] * s[3];  // sum of xi_t over (j, k)
       const acc_t off = s[7] * s[3] + s[8] * s[4] - expected_g * s[8] * s[3] -
                         (s[6] - expected_g * s[5]);  // all pairs minus the diagonal

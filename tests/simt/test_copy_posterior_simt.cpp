@@ -2,7 +2,8 @@
 // with a plain forward-backward written here from the model's definition (explicit
 // K x K transition matrix, unscaled, double) and with central finite differences of
 // sum(grad_post * post) for the two gradients. float and double accumulation, the
-// production block of 128 threads (with K above and below it) and odd small blocks.
+// production block of 128 threads (with K above and below it) and odd small blocks;
+// then the report of bad inputs.
 // Exit 0 and "PASS" on success.
 #include <algorithm>
 #include <cmath>
@@ -157,6 +158,49 @@ void run(const Problem& p, const Inputs& in, const std::vector<double>& want_pos
   expect_close(grads, want_grads, tol_grad, "gradients", p, type);
 }
 
+// A template id out of [-1, H), a query value > 2, a ref_sites value > 1 (at a column a
+// template selects) and a negative or NaN switch_cm are each reported by both block bodies
+// (CudaCtx records them for its device-side assert), which go on with a safe value.
+void bad_inputs_are_reported(std::mt19937& rng) {
+  const Problem p{2, 5, 6, 8, 33};
+  const char* kinds[] = {"template id H", "template id -2", "query value 3", "ref_sites value 7",
+                         "switch_cm -0.5", "switch_cm NaN"};
+  for (int which = 0; which < 6; ++which) {
+    Inputs in = make_inputs(p, rng);
+    const int64_t n = 1, k = 2, t = 3;  // query 1 (query 0 has no template)
+    if (in.templates[n * p.K + k] < 0) in.templates[n * p.K + k] = 0;
+    if (which == 0) in.templates[n * p.K + k] = p.H;
+    if (which == 1) in.templates[n * p.K + k] = -2;
+    if (which == 2) in.query[n * p.M + t] = 3;
+    if (which == 3) in.ref[t * in.ref_stride + 5 + in.templates[n * p.K + k]] = 7;
+    if (which == 4) in.switch_cm[t] = -0.5;
+    if (which == 5) in.switch_cm[t] = NAN;
+    const std::vector<float> switch_cm(in.switch_cm.begin(), in.switch_cm.end()),
+        grad_post(in.grad_post.begin(), in.grad_post.end());
+    const float log_rho = float(in.log_rho), logit_theta = float(in.logit_theta);
+    const embrag::CopyPosteriorArgs<float> args{in.query.data(), in.templates.data(),
+                                                in.ref.data() + 5, switch_cm.data(), &log_rho,
+                                                &logit_theta, p.N, p.M, p.K, p.H, in.ref_stride};
+    const size_t smem = size_t(embrag::copy_posterior_smem_elems(p.block));
+    std::vector<float> post(p.N * p.M * p.K), carry(p.N * p.K), alpha(post), alpha_g(post),
+        u(carry), v(carry), grads(2 * p.N);
+    simt::bad_inputs = 0;
+    simt::launch<float>(int(p.N), 1, p.block, smem, [&](const simt::ShimCtx& ctx, float* shared) {
+      embrag::copy_posterior_forward_block(ctx, args, post.data(), carry.data(), shared);
+    });
+    const int forward_reports = simt::bad_inputs;
+    const embrag::CopyPosteriorGrad<float, float> g{grad_post.data(), alpha.data(), alpha_g.data(),
+                                                    u.data(), v.data(), grads.data()};
+    simt::bad_inputs = 0;
+    simt::launch<float>(int(p.N), 1, p.block, smem, [&](const simt::ShimCtx& ctx, float* shared) {
+      embrag::copy_posterior_backward_block(ctx, args, g, shared);
+    });
+    const bool ok = forward_reports > 0 && simt::bad_inputs > 0;
+    std::printf("bad %s reported: %s\n", kinds[which], ok ? "ok" : "FAIL");
+    failures += !ok;
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -174,6 +218,7 @@ int main() {
     run<double>(p, in, post, grads, 1e-12, 1e-7, "double");
     run<float>(p, in, post, grads, 2e-5, 2e-3, "float");
   }
+  bad_inputs_are_reported(rng);
   std::printf(failures ? "FAIL (%d)\n" : "PASS\n", failures);
   return failures ? 1 : 0;
 }

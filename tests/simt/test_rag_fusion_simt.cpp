@@ -1,7 +1,9 @@
-// The rag_fusion CUDA block bodies, run on the CPU by the SIMT shim and
-// compared with plain loops written here straight from the op's definition
-// (site_k included, keys and values materialised per neighbour), in double.
-// float32 and a software bfloat16. Exit 0 and "PASS" on success.
+// The rag_fusion block bodies (csrc/kernels/rag_fusion.h), run on the CPU by
+// the SIMT shim and compared with plain loops written here straight from the
+// op's definition (scores per neighbour, softmax, keys and values per
+// neighbour), in double. float32 and a software bfloat16; the production
+// geometry (128 threads, 32-site tiles, K of several neighbour tiles) and
+// odd ones. Exit 0 and "PASS" on success.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -32,125 +34,150 @@ struct Bf16 {
 };
 
 struct Problem {
-  int64_t B, K, L, D, nh, V, H, w, tile;
-  int block;
+  int B, K, L, D, nh, V, H, w;  // H: rows of the reference panel
+  int site_tile, block;         // geometry
+  bool copy_bias;
 };
 
 int failures = 0;
 
-template <typename T>
-void expect_close(const std::vector<T>& got, const std::vector<double>& want, double tol,
-                  const char* what, const Problem& p) {
+// max |got - want| / (1 + scale) <= tol; scale: |want|, or the given magnitude
+// of the terms summed into want (where they cancel).
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double tol,
+                  const char* what, const Problem& p, const std::vector<double>* scale = nullptr) {
   double worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double(got[i]) - want[i]));
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double size = 1 + (scale ? (*scale)[i] : std::isinf(want[i]) ? 0 : std::abs(want[i]));
+    const double err = std::isinf(want[i]) && got[i] == want[i] ? 0 : std::abs(got[i] - want[i]) / size;
+    worst = std::max(worst, std::isnan(err) ? INFINITY : err);
+  }
   const bool ok = worst <= tol;
-  std::printf("%-16s B=%lld K=%lld L=%lld D=%lld nh=%lld w=%lld tile=%lld max|err|=%.2e %s\n",
-              what, (long long)p.B, (long long)p.K, (long long)p.L, (long long)p.D,
-              (long long)p.nh, (long long)p.w, (long long)p.tile, worst, ok ? "ok" : "FAIL");
+  std::printf("%-15s B=%d K=%d L=%d D=%d nh=%d V=%d w=%d tile=%d block=%d cb=%d max|err|=%.2e %s\n",
+              what, p.B, p.K, p.L, p.D, p.nh, p.V, p.w, p.site_tile, p.block, int(p.copy_bias), worst,
+              ok ? "ok" : "FAIL");
   failures += !ok;
 }
 
-// Inputs, as doubles (rounded through scalar_t so both sides see the same values).
+template <typename T>
+std::vector<double> as_double(const std::vector<T>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+// Inputs (rounded through scalar_t so both sides see the same values).
 template <typename scalar_t>
 struct Inputs {
   std::vector<int64_t> topk, q_tokens;
-  std::vector<uint8_t> ref;  // [H, ref_stride], the window is columns [3, 3 + L)
+  std::vector<uint8_t> ref;  // [H, ref_stride]; the window is columns [3, 3 + L)
   std::vector<char> observed;
-  std::vector<scalar_t> q, tok_k, tok_v, site_k, site_v, dist, beta, alpha, grad_out;
+  std::vector<scalar_t> q, tok_k, tok_v, site_v, dist, beta, alpha, copy_bias, gamma, grad_out;
   int64_t ref_stride;
 };
 
 template <typename scalar_t>
 Inputs<scalar_t> make_inputs(const Problem& p, std::mt19937& rng) {
   std::uniform_real_distribution<float> uni(-1.f, 1.f);
-  auto randv = [&](int64_t n) {
+  auto randv = [&](int64_t n, float scale = 1.f) {
     std::vector<scalar_t> v(n);
-    for (auto& x : v) x = scalar_t(uni(rng));
+    for (auto& x : v) x = scalar_t(scale * uni(rng));
     return v;
   };
   auto randi = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   Inputs<scalar_t> in;
   in.ref_stride = p.L + 7;
-  for (int64_t i = 0; i < p.B * p.K; ++i) in.topk.push_back(randi(-1, p.H - 1));
-  for (int64_t k = 0; k < p.K; ++k) in.topk[k] = -1;  // query 0: no neighbour at all
+  for (int64_t i = 0; i < int64_t(p.B) * p.K; ++i) in.topk.push_back(randi(-1, p.H - 1));
+  for (int k = 0; k < p.K; ++k) in.topk[k] = -1;  // query 0: no neighbour at all
   for (int64_t i = 0; i < p.H * in.ref_stride; ++i) in.ref.push_back(uint8_t(randi(0, p.V - 1)));
-  for (int64_t i = 0; i < p.B * p.L; ++i) {
-    in.q_tokens.push_back(randi(0, p.V - 1));
+  for (int64_t i = 0; i < int64_t(p.B) * p.L; ++i) {
+    in.q_tokens.push_back(randi(0, p.V));  // V never matches
     in.observed.push_back(char(randi(0, 2) > 0));
   }
-  in.q = randv(p.B * p.L * p.D), in.grad_out = randv(p.B * p.L * p.D);
-  in.tok_k = randv(p.V * p.D), in.tok_v = randv(p.V * p.D);
-  in.site_k = randv(p.L * p.D), in.site_v = randv(p.L * p.D);
-  in.dist = randv(p.B * p.K), in.beta = randv(p.nh), in.alpha = randv(p.nh);
+  in.q = randv(int64_t(p.B) * p.L * p.D, 2.f), in.grad_out = randv(int64_t(p.B) * p.L * p.D);
+  in.tok_k = randv(p.V * p.D), in.tok_v = randv(p.V * p.D), in.site_v = randv(p.L * p.D);
+  in.dist = randv(p.B * p.K), in.beta = randv(p.nh), in.alpha = randv(p.nh, 3.f);
+  if (p.copy_bias) {
+    // Log-posterior-like: gamma > 0, and every 7th template with ~0 posterior.
+    in.copy_bias = randv(int64_t(p.B) * p.L * p.K, 4.f), in.gamma = randv(p.nh);
+    for (auto& g : in.gamma) g = scalar_t(0.1f + std::abs(float(g)));
+    for (size_t i = 0; i < in.copy_bias.size(); i += 7) in.copy_bias[i] = scalar_t(-1e4f);
+  }
   return in;
 }
 
-// The op from its definition, per (b, l, h): p_k, the output, grad_q and
-// grad_score (= dL/dscore_k).
-template <typename scalar_t>
 struct Expected {
-  std::vector<double> matches, n_observed, out, grad_q, grad_score, weight;
+  std::vector<double> out, lse, grad_q, grad_copy_bias, grad_tok_k, grad_tok_v, grad_site_v,
+      grad_dist, grad_beta, grad_alpha, grad_gamma;
+  std::vector<double> grad_gamma_terms;  // sum of p_k (|dp_k| + |delta|) |copy_bias|: they cancel
 };
 
+// The op from its definition, per (b, l, h), in double.
 template <typename scalar_t>
-Expected<scalar_t> expected(const Problem& p, const Inputs<scalar_t>& in) {
-  const int64_t dh = p.D / p.nh;
-  Expected<scalar_t> e;
-  e.matches.assign(p.B * p.L * p.K, 0), e.n_observed.assign(p.B * p.L, 0);
-  e.out.assign(p.B * p.L * p.D, 0), e.grad_q.assign(p.B * p.L * p.D, 0);
-  e.grad_score.assign(p.B * p.L * p.nh * p.K, 0), e.weight.assign(p.B * p.L * p.nh * (p.V + 1), 0);
-  auto ref_token = [&](int64_t b, int64_t k, int64_t l) {
-    return int64_t(in.ref[in.topk[b * p.K + k] * in.ref_stride + 3 + l]);
+Expected expected(const Problem& p, const Inputs<scalar_t>& in) {
+  const int dh = p.D / p.nh;
+  const int64_t BL = int64_t(p.B) * p.L;
+  auto d = [](scalar_t x) { return double(x); };
+  Expected e;
+  e.out.assign(BL * p.D, 0), e.lse.assign(BL * p.nh, INFINITY), e.grad_q.assign(BL * p.D, 0);
+  e.grad_copy_bias.assign(p.copy_bias ? BL * p.K : 0, 0);
+  e.grad_tok_k.assign(p.V * p.D, 0), e.grad_tok_v.assign(p.V * p.D, 0), e.grad_site_v.assign(p.L * p.D, 0);
+  e.grad_dist.assign(p.B * p.K, 0), e.grad_beta.assign(p.nh, 0), e.grad_alpha.assign(p.nh, 0);
+  e.grad_gamma.assign(p.copy_bias ? p.nh : 0, 0), e.grad_gamma_terms = e.grad_gamma;
+  auto ref_token = [&](int b, int k, int l) {
+    return int(in.ref[in.topk[b * p.K + k] * in.ref_stride + 3 + l]);
   };
-  for (int64_t b = 0; b < p.B; ++b)
-    for (int64_t l = 0; l < p.L; ++l) {
-      for (int64_t j = std::max<int64_t>(0, l - p.w); j <= std::min(p.L - 1, l + p.w); ++j) {
+  for (int b = 0; b < p.B; ++b)
+    for (int l = 0; l < p.L; ++l) {
+      const int64_t r = int64_t(b) * p.L + l;
+      std::vector<double> agree(p.K, 0);
+      double n_obs = 0;
+      for (int j = std::max(0, l - p.w); j <= std::min(p.L - 1, l + p.w); ++j) {
         if (!in.observed[b * p.L + j]) continue;
-        e.n_observed[b * p.L + l] += 1;
-        for (int64_t k = 0; k < p.K; ++k)
-          if (in.topk[b * p.K + k] >= 0 && ref_token(b, k, j) == in.q_tokens[b * p.L + j])
-            e.matches[(b * p.L + l) * p.K + k] += 1;
+        n_obs += 1;
+        for (int k = 0; k < p.K; ++k)
+          if (in.topk[b * p.K + k] >= 0 && ref_token(b, k, j) == in.q_tokens[b * p.L + j]) agree[k] += 1;
       }
-      for (int64_t h = 0; h < p.nh; ++h) {
-        std::vector<double> score(p.K), dp(p.K);
+      for (int k = 0; k < p.K; ++k) agree[k] /= std::max(1.0, n_obs);
+      for (int h = 0; h < p.nh; ++h) {
+        std::vector<double> score(p.K, -INFINITY), dp(p.K, 0), prob(p.K, 0);
         double max = -INFINITY;
-        for (int64_t k = 0; k < p.K; ++k) {
+        for (int k = 0; k < p.K; ++k) {
           if (in.topk[b * p.K + k] < 0) continue;
-          const int64_t t = ref_token(b, k, l);
-          double s = 0, d = 0;
-          for (int64_t c = h * dh; c < (h + 1) * dh; ++c) {
-            s += double(in.q[(b * p.L + l) * p.D + c]) *
-                 (double(in.tok_k[t * p.D + c]) + double(in.site_k[l * p.D + c]));
-            d += double(in.grad_out[(b * p.L + l) * p.D + c]) *
-                 (double(in.tok_v[t * p.D + c]) + double(in.site_v[l * p.D + c]));
+          const int t = ref_token(b, k, l);
+          double s = 0;
+          for (int c = h * dh; c < (h + 1) * dh; ++c) {
+            s += d(in.q[r * p.D + c]) * d(in.tok_k[t * p.D + c]);
+            dp[k] += d(in.grad_out[r * p.D + c]) * (d(in.tok_v[t * p.D + c]) + d(in.site_v[l * p.D + c]));
           }
-          const double agree = e.matches[(b * p.L + l) * p.K + k] /
-                               std::max(1.0, e.n_observed[b * p.L + l]);
-          score[k] = s / std::sqrt(double(dh)) + double(in.beta[h]) * double(in.dist[b * p.K + k]) +
-                     double(in.alpha[h]) * agree;
-          dp[k] = d;
+          score[k] = s / std::sqrt(double(dh)) + d(in.beta[h]) * d(in.dist[b * p.K + k]) +
+                     d(in.alpha[h]) * agree[k] +
+                     (p.copy_bias ? d(in.gamma[h]) * d(in.copy_bias[r * p.K + k]) : 0.0);
           max = std::max(max, score[k]);
         }
-        double sum = 0;
-        for (int64_t k = 0; k < p.K; ++k)
-          if (in.topk[b * p.K + k] >= 0) sum += std::exp(score[k] - max);
-        double p_dp = 0;
-        std::vector<double> prob(p.K, 0);
-        for (int64_t k = 0; k < p.K; ++k)
-          if (in.topk[b * p.K + k] >= 0) prob[k] = std::exp(score[k] - max) / sum, p_dp += prob[k] * dp[k];
-        const int64_t head = (b * p.L + l) * p.nh + h;
-        for (int64_t k = 0; k < p.K; ++k) {
+        if (max == -INFINITY) continue;
+        double sum = 0, delta = 0;
+        for (int k = 0; k < p.K; ++k) sum += in.topk[b * p.K + k] >= 0 ? std::exp(score[k] - max) : 0;
+        e.lse[r * p.nh + h] = max + std::log(sum);
+        for (int k = 0; k < p.K; ++k)
+          if (in.topk[b * p.K + k] >= 0) prob[k] = std::exp(score[k] - max) / sum, delta += prob[k] * dp[k];
+        for (int k = 0; k < p.K; ++k) {
           if (in.topk[b * p.K + k] < 0) continue;
-          const int64_t t = ref_token(b, k, l);
-          const double ds = prob[k] * (dp[k] - p_dp);
-          e.grad_score[head * p.K + k] = ds;
-          e.weight[head * (p.V + 1) + t] += prob[k];
-          e.weight[head * (p.V + 1) + p.V] += prob[k];
-          for (int64_t c = h * dh; c < (h + 1) * dh; ++c) {
-            e.out[(b * p.L + l) * p.D + c] +=
-                prob[k] * (double(in.tok_v[t * p.D + c]) + double(in.site_v[l * p.D + c]));
-            e.grad_q[(b * p.L + l) * p.D + c] += ds / std::sqrt(double(dh)) *
-                (double(in.tok_k[t * p.D + c]) + double(in.site_k[l * p.D + c]));
+          const int t = ref_token(b, k, l);
+          const double ds = prob[k] * (dp[k] - delta);
+          for (int c = h * dh; c < (h + 1) * dh; ++c) {
+            const double g = d(in.grad_out[r * p.D + c]);
+            e.out[r * p.D + c] += prob[k] * (d(in.tok_v[t * p.D + c]) + d(in.site_v[l * p.D + c]));
+            e.grad_q[r * p.D + c] += ds / std::sqrt(double(dh)) * d(in.tok_k[t * p.D + c]);
+            e.grad_tok_k[t * p.D + c] += ds / std::sqrt(double(dh)) * d(in.q[r * p.D + c]);
+            e.grad_tok_v[t * p.D + c] += prob[k] * g;
+            e.grad_site_v[l * p.D + c] += prob[k] * g;
+          }
+          e.grad_dist[b * p.K + k] += d(in.beta[h]) * ds;
+          e.grad_beta[h] += ds * d(in.dist[b * p.K + k]);
+          e.grad_alpha[h] += ds * agree[k];
+          if (p.copy_bias) {
+            e.grad_gamma[h] += ds * d(in.copy_bias[r * p.K + k]);
+            e.grad_gamma_terms[h] += prob[k] * (std::abs(dp[k]) + std::abs(delta)) *
+                                     std::abs(d(in.copy_bias[r * p.K + k]));
+            e.grad_copy_bias[r * p.K + k] += d(in.gamma[h]) * ds;
           }
         }
       }
@@ -159,68 +186,115 @@ Expected<scalar_t> expected(const Problem& p, const Inputs<scalar_t>& in) {
 }
 
 template <typename scalar_t>
+embrag::RagFusionParams params(const Problem& p, const Inputs<scalar_t>& in, void* out, float* lse) {
+  embrag::RagFusionParams a{};
+  a.dtype = embrag::DType::kFloat32;  // not read by the block bodies
+  a.q = in.q.data(), a.tok_k = in.tok_k.data(), a.tok_v = in.tok_v.data(), a.site_v = in.site_v.data();
+  a.dist = in.dist.data(), a.beta = in.beta.data(), a.alpha = in.alpha.data();
+  a.copy_bias = p.copy_bias ? in.copy_bias.data() : nullptr;
+  a.gamma = p.copy_bias ? in.gamma.data() : nullptr;
+  a.topk = in.topk.data(), a.ref_tokens = in.ref.data() + 3, a.ref_stride = in.ref_stride;
+  a.n_ref_rows = p.H, a.q_tokens = in.q_tokens.data();
+  a.observed = reinterpret_cast<const bool*>(in.observed.data());
+  a.out = out, a.lse = lse;
+  a.B = p.B, a.L = p.L, a.K = p.K, a.D = p.D, a.V = p.V, a.n_heads = p.nh;
+  a.half_width = std::min(p.w, p.L), a.site_tile = p.site_tile;
+  return a;
+}
+
+// Runs body(ctx, smem) for every block of the op's grid under the shim.
+template <typename Body>
+void launch_blocks(const Problem& p, const embrag::RagFusionParams& a, size_t smem_bytes, const Body& body) {
+  simt::launch<double>(a.site_tiles(), p.B, p.block, (smem_bytes + 7) / 8,
+                       [&](const simt::ShimCtx& ctx, double* smem) {
+                         body(ctx, reinterpret_cast<unsigned char*>(smem));
+                       });
+}
+
+template <typename scalar_t>
 void run(const Problem& p, std::mt19937& rng, double tol) {
   const auto in = make_inputs<scalar_t>(p, rng);
-  const auto want = expected(p, in);
+  const Expected want = expected(p, in);
+  const int64_t BL = int64_t(p.B) * p.L;
+  std::vector<scalar_t> out(BL * p.D, scalar_t(NAN));
+  std::vector<float> lse(BL * p.nh, NAN);
+  const embrag::RagFusionParams a = params(p, in, out.data(), lse.data());
+  embrag::dispatch_rag_fusion_sizes(p.V, a.head_dim(), [&](auto v, auto head_dim) {
+    using Block = embrag::RagFusionBlock<scalar_t, v(), head_dim(), simt::ShimCtx>;
+    launch_blocks(p, a, embrag::rag_fusion_smem_bytes<float, v()>(a, p.block, false),
+                  [&](const simt::ShimCtx& ctx, unsigned char* smem) { Block(ctx, a, false, smem).forward(); });
+    expect_close(as_double(out), want.out, tol, "forward", p);
+    expect_close(as_double(lse), want.lse, tol, "lse", p);
+    for (bool delta_from_out : {true, false}) {
+      std::vector<scalar_t> grad_q(BL * p.D, scalar_t(NAN)), grad_cb(p.copy_bias ? BL * p.K : 0, scalar_t(NAN));
+      std::vector<float> grad_tok_k(p.V * p.D, 0), grad_tok_v(p.V * p.D, 0), grad_site_v(p.L * p.D, 0),
+          grad_dist(p.B * p.K, 0), grad_beta(p.nh, 0), grad_alpha(p.nh, 0), grad_gamma(p.nh, 0);
+      const embrag::RagFusionGradParams g{in.grad_out.data(), grad_q.data(),
+                                          p.copy_bias ? grad_cb.data() : nullptr, grad_tok_k.data(),
+                                          grad_tok_v.data(), grad_site_v.data(), grad_dist.data(),
+                                          grad_beta.data(), grad_alpha.data(),
+                                          p.copy_bias ? grad_gamma.data() : nullptr, delta_from_out};
+      launch_blocks(p, a, embrag::rag_fusion_smem_bytes<float, v()>(a, p.block, true),
+                    [&](const simt::ShimCtx& ctx, unsigned char* smem) { Block(ctx, a, true, smem).backward(g); });
+      std::printf(delta_from_out ? "  (delta from out)\n" : "  (delta from a first pass)\n");
+      expect_close(as_double(grad_q), want.grad_q, tol, "grad_q", p);
+      expect_close(as_double(grad_tok_k), want.grad_tok_k, tol * 4, "grad_tok_k", p);
+      expect_close(as_double(grad_tok_v), want.grad_tok_v, tol * 4, "grad_tok_v", p);
+      expect_close(as_double(grad_site_v), want.grad_site_v, tol * 4, "grad_site_v", p);
+      expect_close(as_double(grad_dist), want.grad_dist, tol * 4, "grad_dist", p);
+      expect_close(as_double(grad_beta), want.grad_beta, tol * 16, "grad_beta", p);
+      expect_close(as_double(grad_alpha), want.grad_alpha, tol * 16, "grad_alpha", p);
+      if (p.copy_bias) {
+        expect_close(as_double(grad_cb), want.grad_copy_bias, tol, "grad_copy_bias", p);
+        expect_close(as_double(grad_gamma), want.grad_gamma, tol * 16, "grad_gamma", p,
+                     &want.grad_gamma_terms);
+      }
+    }
+  });
+}
 
-  // Stage 1.
-  std::vector<uint8_t> tokens(p.B * p.L * p.K);
-  std::vector<int32_t> matches(p.B * p.L * p.K, -1), n_observed(p.B * p.L, -1);
-  const embrag::NeighbourSitesArgs sites{
-      in.topk.data(), in.ref.data() + 3, in.q_tokens.data(),
-      reinterpret_cast<const bool*>(in.observed.data()), tokens.data(), matches.data(),
-      n_observed.data(), p.B, p.K, p.L, in.ref_stride, p.w};
-  simt::launch<int32_t>(int(p.K), int(p.B), p.block, embrag::neighbour_sites_smem_ints(p.L, p.block),
-                        [&](const simt::ShimCtx& ctx, int32_t* smem) {
-                          embrag::neighbour_sites_block(ctx, sites, smem);
-                        });
-  expect_close(matches, want.matches, 0, "matches", p);
-  expect_close(n_observed, want.n_observed, 0, "n_observed", p);
-
-  // Stage 2, forward.
-  const embrag::RagFusionArgs<scalar_t> args{
-      in.q.data(), in.tok_k.data(), in.tok_v.data(), in.site_v.data(), in.dist.data(),
-      in.beta.data(), in.alpha.data(), tokens.data(), matches.data(), n_observed.data(),
-      p.B, p.L, p.K, p.D, p.V, p.nh};
-  const int grid_x = int(embrag::ceil_div(p.L, p.tile));
-  std::vector<scalar_t> out(p.B * p.L * p.D, scalar_t(NAN));
-  simt::launch<float>(grid_x, int(p.B), p.block,
-                      embrag::rag_fusion_forward_smem_floats(p.tile, p.V, p.D, p.nh),
-                      [&](const simt::ShimCtx& ctx, float* smem) {
-                        embrag::rag_fusion_forward_block(ctx, args, out.data(), p.tile, smem);
-                      });
-  expect_close(out, want.out, tol, "forward", p);
-
-  // Stage 2, backward.
-  std::vector<scalar_t> grad_q(p.B * p.L * p.D, scalar_t(NAN));
-  std::vector<float> weight(p.B * p.L * p.nh * (p.V + 1), NAN), grad_tok_score(p.B * p.L * p.nh * p.V, NAN),
-      grad_score(p.B * p.L * p.nh * p.K, NAN);
-  const embrag::RagFusionGrads<scalar_t> grads{in.grad_out.data(), grad_q.data(), weight.data(),
-                                               grad_tok_score.data(), grad_score.data()};
-  simt::launch<float>(grid_x, int(p.B), p.block,
-                      embrag::rag_fusion_backward_smem_floats(p.tile, p.V, p.D, p.nh),
-                      [&](const simt::ShimCtx& ctx, float* smem) {
-                        embrag::rag_fusion_backward_block(ctx, args, grads, p.tile, smem);
-                      });
-  expect_close(weight, want.weight, tol, "softmax weight", p);
-  expect_close(grad_score, want.grad_score, tol, "grad_score", p);
-  expect_close(grad_q, want.grad_q, tol, "grad_q", p);
+// A topk row out of range and a reference token >= V are reported (CudaCtx traps there).
+void bad_indices_are_reported(std::mt19937& rng) {
+  const Problem p{2, 3, 9, 4, 1, 3, 5, 2, 32, 32, false};
+  for (int which = 0; which < 2; ++which) {
+    auto in = make_inputs<float>(p, rng);
+    if (which == 0) in.topk[p.K + 1] = p.H;
+    if (which == 1) in.ref[in.topk[p.K] * in.ref_stride + 3 + 4] = uint8_t(p.V);
+    if (in.topk[p.K] < 0 && which == 1) in.topk[p.K] = 0, in.ref[3 + 4] = uint8_t(p.V);
+    std::vector<float> out(p.B * p.L * p.D), lse(p.B * p.L);
+    const embrag::RagFusionParams a = params(p, in, out.data(), lse.data());
+    simt::bad_inputs = 0;
+    using Block = embrag::RagFusionBlock<float, 3, 0, simt::ShimCtx>;
+    launch_blocks(p, a, embrag::rag_fusion_smem_bytes<float, 3>(a, p.block, false),
+                  [&](const simt::ShimCtx& ctx, unsigned char* smem) { Block(ctx, a, false, smem).forward(); });
+    const bool ok = simt::bad_inputs > 0;
+    std::printf("bad %s reported: %s\n", which == 0 ? "topk" : "ref token", ok ? "ok" : "FAIL");
+    failures += !ok;
+  }
 }
 
 }  // namespace
 
 int main() {
   std::mt19937 rng(1234);
-  // Odd sizes, a partial last tile, w = 0 and w > L, one and several heads,
-  // D both a multiple of the 16-byte vector and not, L longer than the block.
+  // {B, K, L, D, nh, V, H, w, site_tile, block, copy_bias}
   const Problem problems[] = {
-      {3, 5, 13, 12, 3, 3, 7, 2, 4, 32},
-      {2, 1, 9, 5, 1, 3, 4, 0, 2, 32},
-      {2, 16, 40, 8, 2, 3, 20, 50, 8, 32},
+      // The production geometry: 128 threads, 32-site tiles (a partial last
+      // one), K over several neighbour tiles (a partial last one), d_head 16.
+      {2, 75, 70, 64, 4, 3, 40, 16, 32, 128, true},
+      // d_head 32, no copy bias, one neighbour tile.
+      {2, 20, 33, 64, 2, 3, 25, 5, 32, 128, false},
+      // Odd sizes: d_head 4 (run-time), w = 0, a 16-row token table (V = 5), K = 1.
+      {3, 1, 13, 12, 3, 5, 7, 0, 32, 64, true},
+      // Small tiles with many lanes, w > L, one head of width 5.
+      {2, 40, 11, 5, 1, 3, 9, 50, 4, 32, true},
+      // A block of fewer threads than sites (each thread several sites).
+      {2, 34, 21, 8, 2, 3, 12, 3, 8, 3, false},
   };
-  for (const auto& p : problems) run<float>(p, rng, 1e-5);
+  for (const auto& p : problems) run<float>(p, rng, 2e-5);
   std::printf("bfloat16:\n");
-  run<Bf16>({2, 6, 11, 16, 2, 3, 9, 3, 4, 32}, rng, 3e-2);
+  run<Bf16>({2, 37, 40, 32, 2, 3, 11, 4, 32, 128, true}, rng, 4e-2);
+  bad_indices_are_reported(rng);
   std::printf(failures ? "FAIL (%d)\n" : "PASS\n", failures);
   return failures ? 1 : 0;
 }

@@ -62,17 +62,19 @@ void run(const Problem& p, std::mt19937& rng) {
   std::vector<float> out(p.B * p.L * p.D, NAN);
   const embrag::WindowEmbedArgs<float> fwd{tokens.data(), pos_ids.data(), af.data(),
                                            type_ids.data(), tok.data(), pos.data(), proj.data(),
-                                           type.data(), out.data(), p.B, p.L, p.D, p.F};
+                                           type.data(), out.data(), p.B, p.L, p.D, p.F,
+                                           p.V, p.P, p.T};
   simt::launch<float>(int(p.L), int(embrag::ceil_div(p.B, embrag::kForwardBatchTile)), p.block,
                       p.F + p.D, [&](const simt::ShimCtx& ctx, float* smem) {
                         embrag::window_embed_forward_block(ctx, fwd, smem);
                       });
   expect_close(out, want, "forward", p);
 
-  std::vector<float> grad_site(p.L * p.D, NAN), grad_tok(p.V * p.D, 0.f);
+  std::vector<float> grad_site(p.L * p.D, 0.f), grad_tok(p.V * p.D, 0.f);
   const embrag::WindowEmbedBackwardArgs<float> bwd{grad_out.data(), tokens.data(), grad_site.data(),
                                                    grad_tok.data(), p.B, p.L, p.D, p.V};
-  simt::launch<float>(int(embrag::ceil_div(p.L, embrag::kBackwardSiteTile)), 1, p.block, p.V * p.D,
+  simt::launch<float>(int(embrag::ceil_div(p.L, embrag::kBackwardSiteTile)),
+                      int(embrag::ceil_div(p.B, embrag::kBackwardBatchTile)), p.block, p.V * p.D,
                       [&](const simt::ShimCtx& ctx, float* smem) {
                         embrag::window_embed_backward_block(ctx, bwd, smem);
                       });
@@ -80,18 +82,47 @@ void run(const Problem& p, std::mt19937& rng) {
   expect_close(grad_tok, want_tok, "grad_tok", p);
 }
 
+// Out-of-range tokens, pos_ids and type_ids are reported (CudaCtx records
+// them for its device-side assert) and read as row 0, not out of bounds.
+void bad_ids_are_reported() {
+  const int64_t B = 2, L = 3, D = 4, F = 2, V = 3;
+  std::vector<int64_t> tokens = {0, 1, 2, 1, 7, 0}, pos_ids = {0, 1, 2}, type_ids = {0, 9, 1};
+  std::vector<float> af(L, 0.5f), tables(4 * D, 1.f), out(B * L * D), grad_site(L * D, 0.f),
+      grad_tok(V * D, 0.f), grad_out(B * L * D, 1.f);
+  const embrag::WindowEmbedArgs<float> fwd{tokens.data(), pos_ids.data(), af.data(), type_ids.data(),
+                                           tables.data(), tables.data(), tables.data(), tables.data(),
+                                           out.data(), B, L, D, F, V, /*P=*/3, /*T=*/2};
+  simt::bad_inputs = 0;
+  simt::launch<float>(int(L), 1, 32, F + D, [&](const simt::ShimCtx& ctx, float* smem) {
+    embrag::window_embed_forward_block(ctx, fwd, smem);
+  });
+  const int forward_reports = simt::bad_inputs;
+  const embrag::WindowEmbedBackwardArgs<float> bwd{grad_out.data(), tokens.data(), grad_site.data(),
+                                                   grad_tok.data(), B, L, D, V};
+  simt::bad_inputs = 0;
+  simt::launch<float>(1, 1, 32, V * D, [&](const simt::ShimCtx& ctx, float* smem) {
+    embrag::window_embed_backward_block(ctx, bwd, smem);
+  });
+  const bool ok = forward_reports > 0 && simt::bad_inputs > 0;
+  std::printf("bad ids reported: %s\n", ok ? "ok" : "FAIL");
+  failures += !ok;
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(1234);
-  // Odd sizes, a single row / site, D not a multiple of the block, D > block.
+  // Odd sizes, a single row / site, D not a multiple of the block, D > block,
+  // several batch tiles, the production block of 128 threads.
   const Problem problems[] = {
       {1, 1, 5, 2, 3, 4, 2, 32},
       {3, 17, 37, 8, 3, 40, 4, 32},
       {18, 9, 70, 4, 4, 9, 3, 64},
       {2, 3, 130, 6, 3, 5, 2, 128},
+      {40, 20, 64, 8, 3, 20, 4, 128},
   };
   for (const auto& p : problems) run(p, rng);
+  bad_ids_are_reported();
   std::printf(failures ? "FAIL (%d)\n" : "PASS\n", failures);
   return failures ? 1 : 0;
 }

@@ -1,0 +1,90 @@
+"""No host synchronisation in the fused ops or in a training step of the model.
+
+torch.profiler records every aten op, called from Python or from inside a C++
+op (a TorchDispatchMode would miss the latter). N calls after the first (which
+may initialise lazily) must make no call of aten::_local_scalar_dense (what
+.item(), int() and bool() of a tensor run) and no op whose output shape
+depends on data (nonzero, masked_select): each of those waits for the device.
+Runs on the devices present; on the CPU the same ops mean the same waits on CUDA.
+"""
+import numpy as np
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from embrag_ext import ops
+from embrag_ext.model import ImputationModel, ModelConfig, Retrieved
+from embrag_ext.predict import PanelSites
+from embrag_ext.reference import random_copy_posterior_inputs, random_rag_fusion_inputs
+from embrag_ext.tokens import MASK
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"}
+
+
+def sync_calls(step, n=3):
+    """Names of the synchronising ops that n calls of step() make, after a first call."""
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    return [event.name for event in prof.events() if event.name in SYNC_OPS]
+
+
+def forward_backward(op, inputs):
+    def step():
+        out = op(**inputs)
+        out.backward(torch.ones_like(out))
+    return step
+
+
+def test_the_count_sees_syncs_inside_cpp_ops():
+    """A control: repeat_interleave takes its output size from .item() in C++."""
+    x, counts = torch.arange(5), torch.tensor([1, 2, 0, 1, 3])
+    assert "aten::_local_scalar_dense" in sync_calls(lambda: torch.repeat_interleave(x, counts))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rag_fusion_does_not_sync(device):
+    inputs = random_rag_fusion_inputs(4, 40, 16, 40, 2, 4, device=device)
+    assert sync_calls(forward_backward(ops.rag_fusion, inputs)) == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_window_embed_does_not_sync(device):
+    L, D = 30, 8
+    tables = [torch.randn(rows, D, device=device, requires_grad=True) for rows in (3, L, 4, 4)]
+    inputs = dict(tokens=torch.randint(0, 3, (5, L), device=device),
+                  pos_ids=torch.arange(L, device=device), af=torch.rand(L, device=device),
+                  type_ids=torch.randint(0, 4, (L,), device=device),
+                  **dict(zip(("tok_table", "pos_table", "af_proj", "type_table"), tables)))
+    assert sync_calls(forward_backward(ops.window_embed, inputs)) == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_copy_posterior_does_not_sync(device):
+    inputs = random_copy_posterior_inputs(3, 10, 8, 12, device=device, seed=15)
+    assert sync_calls(forward_backward(ops.copy_posterior, inputs)) == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_step_does_not_sync(device):
+    """Forward, loss and backward of the model in the embedding mode."""
+    B, L, H, K = 3, 24, 10, 5
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 2, (B, 2, L), generator=gen)
+    tokens[:, :, 1::3] = MASK
+    sites = PanelSites(np.linspace(0.01, 0.9, L, dtype=np.float32), np.arange(L) % 4,
+                       torch.device(device)).window(0, L)
+    ids = torch.randint(-1, H, (2 * B, K), generator=gen)
+    retrieved = Retrieved(ids.to(device), torch.rand(2 * B, K, generator=gen).to(device),
+                          torch.randint(0, 2, (H, L), generator=gen, dtype=torch.uint8).to(device))
+    tokens = tokens.to(device)
+    model = ImputationModel(ModelConfig(mode="embedding", dim=16, layers=1, heads=2, max_window=L)).to(device)
+
+    def step():
+        hap_logits, gt_logits = model(tokens, sites, retrieved)
+        loss = hap_logits.square().mean() + gt_logits.square().mean()
+        loss.backward()
+
+    assert sync_calls(step) == []
