@@ -13,8 +13,8 @@ function of (seed, epoch, i), so a DataLoader with workers, a restart or a
 resume all see the same batches.
 
 A batch is a dict of tensors:
-    span            int64 []          span index
-    start           int64 []          first site of the span
+    span            int               span index (plain ints: reading them never waits for a device)
+    start           int               first site of the span
     haplotypes      uint8 [B, 2, Ls]  true alleles (MASK where unknown, e.g. untyped targets)
     tokens          int64 [B, 2, Ls]  model input: the allele where observed, else MASK
     observed        bool  [Ls]        the span's shared observed-site pattern
@@ -107,7 +107,7 @@ class SpanBatches(torch.utils.data.Dataset):
         tokens[..., observed[inside] - start] = context[..., inside]
         span_observed = np.zeros(Ls, dtype=bool)
         span_observed[observed[inside] - start] = True
-        return {"span": torch.tensor(span), "start": torch.tensor(start),
+        return {"span": span, "start": start,
                 "haplotypes": torch.from_numpy(np.ascontiguousarray(haplotypes)),
                 "tokens": torch.from_numpy(tokens), "observed": torch.from_numpy(span_observed),
                 "context_sites": torch.from_numpy(observed),

@@ -327,9 +327,10 @@ def site_filter(typed: np.ndarray, dr2: np.ndarray, positions: np.ndarray, min_d
     """str [S] per site: PASS (written), ``DR2<min_dr2`` for an imputed site
     below ``min_dr2``, :data:`OUTSIDE_SPAN` for an imputed site outside
     ``impute_span`` = (first, last) positions (None: everywhere). Typed sites
-    always pass."""
+    always pass. DR2 is compared as written (2 decimals), so that what a user
+    reads in the files agrees with the filter."""
     status = np.full(len(typed), "PASS", dtype=object)
-    status[~typed & (dr2 < min_dr2)] = f"DR2<{min_dr2:g}"
+    status[~typed & (np.round(dr2, 2) < min_dr2)] = f"DR2<{min_dr2:g}"
     if impute_span is not None:
         outside = (positions < impute_span[0]) | (positions > impute_span[1])
         status[~typed & outside] = OUTSIDE_SPAN

@@ -1,4 +1,4 @@
-"""No host synchronisation in the fused ops or in a training step of the model.
+"""No host synchronisation in the fused ops or in a training step (copying posterior, copy features, model).
 
 torch.profiler records every aten op, called from Python or from inside a C++
 op (a TorchDispatchMode would miss the latter). N calls after the first (which
@@ -13,8 +13,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from embrag_ext import ops
-from embrag_ext.model import ImputationModel, ModelConfig, Retrieved
-from embrag_ext.predict import PanelSites
+from embrag_ext.config import CopyConfig, ModelConfig, RetrievalConfig, RunConfig
+from embrag_ext.model import ImputationModel, Retrieved
+from embrag_ext.predict import PanelSites, Predictor, ReferencePanel
 from embrag_ext.reference import random_copy_posterior_inputs, random_rag_fusion_inputs
 from embrag_ext.tokens import MASK
 
@@ -68,22 +69,36 @@ def test_copy_posterior_does_not_sync(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_training_step_does_not_sync(device):
-    """Forward, loss and backward of the model in the embedding mode."""
-    B, L, H, K = 3, 24, 10, 5
+@pytest.mark.parametrize("copying", [True, False], ids=["copying posterior", "FAISS neighbours"])
+def test_training_step_does_not_sync(device, copying):
+    """A training step of the embedding mode: with copying, the copying posterior, the window's copy
+    features and the model; without, the model on given neighbours. Forward, loss and backward."""
+    B, L, H, K, S = 3, 24, 10, 5, 60
     gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    panel = (rng.random((S, H)) < 0.3).astype(np.uint8)                        # [S, H]
     tokens = torch.randint(0, 2, (B, 2, L), generator=gen)
     tokens[:, :, 1::3] = MASK
-    sites = PanelSites(np.linspace(0.01, 0.9, L, dtype=np.float32), np.arange(L) % 4,
-                       torch.device(device)).window(0, L)
-    ids = torch.randint(-1, H, (2 * B, K), generator=gen)
-    retrieved = Retrieved(ids.to(device), torch.rand(2 * B, K, generator=gen).to(device),
-                          torch.randint(0, 2, (H, L), generator=gen, dtype=torch.uint8).to(device))
+    window_sites = PanelSites(np.linspace(0.01, 0.9, S, dtype=np.float32), np.arange(S) % 4, torch.device(device))
+    model = ImputationModel(ModelConfig(mode="embedding", dim=16, layers=1, heads=2, max_window=L),
+                            CopyConfig(enabled=copying)).to(device)
+    reference = ReferencePanel(panel, np.arange(S) * 0.01, torch.device(device))
+    observed = np.arange(0, S, 3)
+    batch = {"span": 0, "start": 10, "tokens": tokens,
+             "context_sites": torch.from_numpy(observed),
+             "context_tokens": torch.from_numpy(panel[observed].T[:2 * B].reshape(B, 2, -1).astype(np.int64)),
+             "sample": torch.tensor([0, 1, -1])}
+    predictor = Predictor(model, RunConfig(retrieval=RetrievalConfig(k=K)), window_sites, reference,
+                          np.array([[10, 10 + L]]), retriever=None)
+    retrieved = Retrieved(torch.randint(-1, H, (2 * B, K), generator=gen).to(device),
+                          torch.rand(2 * B, K, generator=gen).to(device), reference.by_haplotype[:, 10:10 + L])
     tokens = tokens.to(device)
-    model = ImputationModel(ModelConfig(mode="embedding", dim=16, layers=1, heads=2, max_window=L)).to(device)
 
     def step():
-        hap_logits, gt_logits = model(tokens, sites, retrieved)
+        if copying:
+            ((_, (hap_logits, gt_logits)),) = predictor.span_logits(batch, [0])
+        else:
+            hap_logits, gt_logits = model(tokens, window_sites.window(10, 10 + L), retrieved)
         loss = hap_logits.square().mean() + gt_logits.square().mean()
         loss.backward()
 

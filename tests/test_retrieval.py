@@ -77,7 +77,7 @@ def test_h1_and_h2_retrieve_separately(panel_tokens):
     sample_tokens = torch.from_numpy(panel_tokens[[10, 25]].astype(np.int64))        # h1 = row 10, h2 = row 25
     tokens = torch.where(torch.from_numpy(OBSERVED), sample_tokens, MASK)[None]       # [1, 2, L]
     observed_sites = np.flatnonzero(OBSERVED)
-    batch = {"span": torch.tensor(0), "start": torch.tensor(0), "tokens": tokens,
+    batch = {"span": 0, "start": 0, "tokens": tokens,
              "observed": torch.from_numpy(OBSERVED), "context_sites": torch.from_numpy(observed_sites),
              "context_tokens": sample_tokens[:, observed_sites][None], "sample": torch.tensor([-1])}
     seen = {}
