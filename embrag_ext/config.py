@@ -106,6 +106,7 @@ class ModelConfig:
     half_width: int = 16      # local-agreement half window of the fusion, in sites
     alpha_init: float = 8.0   # initial weight of the local-agreement bias
     beta_init: float = -2.0   # initial weight of the retrieval distance (per mismatching site)
+    calibration_hidden: int = 32   # width of the per-site calibration of the copying posterior
 
     def __post_init__(self):
         _require(self.mode in MODES, f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
@@ -165,6 +166,7 @@ class TrainConfig:
     epochs: int = 3
     steps_per_epoch: int = 250   # batches per epoch drawn from all (window, samples) batches; 0 = all
     batch_size: int = 16         # samples per batch (2 haplotypes each)
+    windows_per_step: int = 4    # consecutive windows per batch, sharing one copying posterior
     lr: float = 3e-3
     seed: int = 0
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -174,6 +176,7 @@ class TrainConfig:
     def __post_init__(self):
         _require(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0 (0: save the untrained model)")
         _require(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1")
+        _require(self.windows_per_step >= 1, f"--windows-per-step {self.windows_per_step}: must be >= 1")
         _require(self.steps_per_epoch >= 0, f"--steps-per-epoch {self.steps_per_epoch}: must be >= 0")
         _require(self.lr > 0, f"--lr {self.lr}: must be > 0")
         _require(self.workers >= 0, f"--workers {self.workers}: must be >= 0")

@@ -4,13 +4,16 @@ Per haplotype of a window (L sites, width D):
     h = window_embed(tokens, sites) + copy_proj(copy features)       [N, L, D]
     h = h + gate * out(fusion(h, retrieved neighbours))               (modes token, embedding)
     h = transformer blocks(h)                                         (run once)
-    ALT logit = logit(HMM P(ALT)) + hap_head(h);  genotype = log HMM prior + gt_head([h1, h2])
+    ALT logit = logit(HMM P(ALT)) + calibration(copy features, AF) + hap_head(h)
+    genotype = log HMM prior + gt_head([h1, h2])
 
 With the copying posterior (copying.py; on by default in the retrieval
 modes), the neighbours are the templates the query copies most over the
-window, their log-posterior biases the fusion's softmax, and the heads
-correct the HMM's own prediction (they start at zero, so an untrained model
-is the HMM). Without it (``copying.enabled = False``: the seed's design) the
+window, their log-posterior biases the fusion's softmax, and two terms
+correct the HMM's own prediction: a per-site calibration of the HMM from its
+copy features and the site's allele frequency (where the HMM is over- or
+under-confident), and the transformer's head (what the HMM cannot see). Both
+start at zero, so an untrained model is the HMM. Without it (``copying.enabled = False``: the seed's design) the
 neighbours come from FAISS and the heads predict on their own.
 
 Three modes (seed names in brackets):
@@ -42,6 +45,7 @@ from .tokens import MASK, VOCAB_SIZE
 
 N_VARIANT_TYPES = 4
 N_COPY_FEATURES = 6   # logit(p) / 8, p, p from the left / right observed site, largest posterior, entropy
+N_CALIBRATION_INPUTS = N_COPY_FEATURES + 2   # and the site's logit(AF) / 8 and MAF
 
 
 class Sites(NamedTuple):
@@ -187,7 +191,10 @@ class ImputationModel(nn.Module):
         self.copying = CopyingRates(copying) if copying.enabled and config.mode != "none" else None
         if self.copying is not None:
             self.copy_proj = nn.Linear(N_COPY_FEATURES, config.dim)
-            for head in (self.hap_head, self.gt_head):   # start as the HMM: corrections of zero
+            hidden = config.calibration_hidden
+            self.calibration = nn.Sequential(nn.Linear(N_CALIBRATION_INPUTS, hidden), nn.GELU(),
+                                             nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            for head in (self.hap_head, self.gt_head, self.calibration[-1]):   # start as the HMM
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
 
@@ -216,7 +223,8 @@ class ImputationModel(nn.Module):
         gt_logits = self.gt_head(torch.cat([h[:, 0], h[:, 1]], dim=-1))        # [B, L, 3]
         if copy is not None:
             alt_prob = copy.alt_prob.view(B, 2, L)
-            hap_logits = hap_logits + hmm_logit(alt_prob)
+            calibration = self.calibration(calibration_inputs(copy, sites.af)).view(B, 2, L)
+            hap_logits = hap_logits + hmm_logit(alt_prob) + calibration.to(hap_logits.dtype)
             gt_logits = gt_logits + genotype_log_prior(alt_prob)
         return hap_logits, gt_logits
 
@@ -232,6 +240,14 @@ def copy_inputs(copy: CopyFeatures) -> torch.Tensor:
     """[N, L, N_COPY_FEATURES] model inputs from the copy features."""
     return torch.cat([hmm_logit(copy.alt_prob)[..., None] / 8, copy.alt_prob[..., None], copy.sides,
                       copy.concentration], -1)
+
+
+def calibration_inputs(copy: CopyFeatures, af: torch.Tensor) -> torch.Tensor:
+    """[N, L, N_CALIBRATION_INPUTS]: the copy features and the site's AF [L] features."""
+    af = af.float().clamp(1e-5, 1 - 1e-5)
+    site = torch.stack([torch.logit(af) / 8, torch.minimum(af, 1 - af)], -1)          # [L, 2]
+    inputs = copy_inputs(copy)
+    return torch.cat([inputs, site.expand(*inputs.shape[:-1], 2)], -1)
 
 
 def genotype_log_prior(alt_prob: torch.Tensor) -> torch.Tensor:

@@ -57,12 +57,13 @@ class ReferencePanel:
 
     def __init__(self, haplotypes: np.ndarray, cm: np.ndarray, device: torch.device,
                  present: Optional[np.ndarray] = None):
-        self.by_site = torch.from_numpy(np.ascontiguousarray(haplotypes)).to(device)       # [S, H]
-        self.by_haplotype = torch.from_numpy(np.ascontiguousarray(haplotypes.T)).to(device)  # [H, S]
+        self.by_site = torch.from_numpy(np.array(haplotypes, order="C")).to(device)         # [S, H]
+        self.by_haplotype = torch.from_numpy(np.array(haplotypes.T, order="C")).to(device)  # [H, S]
         self.cm = np.asarray(cm, dtype=np.float64)
         self.n_haplotypes = int(haplotypes.shape[1])
         present = np.ones(self.n_haplotypes, dtype=bool) if present is None else np.asarray(present, dtype=bool)
         self.present = torch.from_numpy(present).to(device)                                 # [H]
+        self.n_present = int(present.sum())
 
     def templates(self, query_sample: torch.Tensor) -> torch.Tensor:
         """int64 [N, H]: every reference haplotype (rows in order), -1 for a
@@ -104,10 +105,11 @@ class Predictor:
         copying = None
         if self.model.copying is not None:
             copying = self._posterior(batch, query_sample)
-        span_start = int(batch["start"])
+        span_start = batch["start"]
         for window in windows:
             start, end = (int(x) for x in self.windows[window])
             tokens = batch["tokens"][..., start - span_start:end - span_start].to(self.device)  # [B, 2, L]
+            sites = self._sites(batch, start, end)
             copy, retrieved = None, None
             if copying is not None:
                 copy = self._copy_features(copying, start, end)
@@ -116,7 +118,20 @@ class Predictor:
             elif self.retriever is not None:
                 retrieved = self._search(batch, window, query_sample, B)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                yield window, self.model(tokens, self.sites.window(start, end), retrieved, copy, detach_reference)
+                yield window, self.model(tokens, sites, retrieved, copy, detach_reference)
+
+    def _sites(self, batch: Dict[str, torch.Tensor], start: int, end: int) -> Sites:
+        """The window's site inputs, with each site's allele frequency taken without the
+        batch's own samples when they are panel samples (as targets are not)."""
+        sites = self.sites.window(start, end)
+        offset = batch["start"]
+        truth = batch["haplotypes"][..., start - offset:end - offset].to(self.device)     # [B, 2, L]
+        in_panel = (batch["sample"] >= 0).to(self.device)[:, None, None]                  # [B, 1, 1]
+        own_alt = ((truth == 1) & in_panel).sum((0, 1)).float()                           # [L]
+        own_alleles = ((truth != MASK) & in_panel).sum((0, 1)).float()
+        n = float(self.reference.n_present)
+        af = (sites.af * n - own_alt) / (n - own_alleles).clamp_min(1)
+        return sites._replace(af=af.clamp(0, 1))
 
     def _posterior(self, batch: Dict[str, torch.Tensor], query_sample: torch.Tensor):
         """(context, templates [N, K], posterior [N, M, K]) of the batch's 2B query haplotypes."""

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, default=training.steps_per_epoch,
                    help="batches per epoch, drawn at random from all (window, samples) batches; 0 = all")
     p.add_argument("--batch-size", type=int, default=training.batch_size, help="samples per batch (2 haplotypes each)")
+    p.add_argument("--windows-per-step", type=int, default=training.windows_per_step,
+                   help="consecutive windows per batch (they share one copying posterior)")
     p.add_argument("--lr", type=float, default=training.lr)
     p.add_argument("--seed", type=int, default=training.seed)
     p.add_argument("--mask-ratio", type=float, nargs=2, default=training.mask.ratio_range, metavar=("LOW", "HIGH"),
@@ -127,7 +129,8 @@ def run_config(options: argparse.Namespace) -> RunConfig:
         retrieval=RetrievalConfig(k=options.k, key_flank=options.key_flank, key_decay=options.key_decay,
                                   index=options.index, refresh=options.refresh),
         train=TrainConfig(epochs=options.epochs, steps_per_epoch=options.steps_per_epoch,
-                          batch_size=options.batch_size, lr=options.lr, seed=options.seed,
+                          batch_size=options.batch_size, windows_per_step=options.windows_per_step,
+                          lr=options.lr, seed=options.seed,
                           mask=MaskConfig(ratio_range=tuple(options.mask_ratio),
                                           sporadic_missing=options.sporadic_missing),
                           device=options.device, workers=options.workers))

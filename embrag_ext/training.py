@@ -1,9 +1,15 @@
 """Training an imputation model from a :class:`~embrag_ext.config.RunConfig`.
 
-Samples are split train/validation BY SAMPLE; the reference panel is the
-training samples only (a training query never copies from nor retrieves its
-own sample). An epoch is ``steps_per_epoch`` batches drawn at random from all
-(window, sample) batches (0: all of them). Observed sites are the array's
+Samples are split train/validation BY SAMPLE; the model learns from the
+training samples' haplotypes as queries. The reference panel is every panel
+sample, as at imputation, and a query never copies from nor retrieves its
+own sample; the allele frequencies the model sees leave the batch's own
+samples out. An epoch is ``steps_per_epoch`` batches drawn at random from
+all (span, sample) batches (0: all of them); a span is ``windows_per_step``
+consecutive windows that share one copying posterior. The learning rate
+halves with every epoch's worth of steps, down to a tenth (a schedule of the
+step alone, so a resumed run continues it exactly); the copying rates learn
+at a tenth of it. Observed sites are the array's
 (``--array``: array-aware training) or array-like patterns drawn per batch.
 After each epoch a fixed sample of validation windows (up to
 ``VALIDATION_WINDOWS``, evenly spaced) is scored for every validation sample
@@ -52,12 +58,12 @@ class TrainData:
         self.windows = make_windows(self.panel.n_sites, data.window, data.overlap)    # [W, 2]
         self.array = None if data.array is None else array_sites(data.array, self.panel)  # bool [S]
         self.train, self.val = split_samples(len(self.panel.samples), data.val_fraction, config.train.seed)
-        haplotypes_T = self.panel.haplotypes.T                                       # [2N, S]
-        self.ref_tokens_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.train)])  # [H, S]
-        self.ref_present = self.panel.present_haplotypes()[haplotype_columns(self.train)]   # [H] (haploid: 2nd absent)
-        self.val_haplotypes_T = np.ascontiguousarray(haplotypes_T[haplotype_columns(self.val)])
+        self.ref_tokens_T = np.ascontiguousarray(self.panel.haplotypes.T)           # [2N, S]
+        self.ref_present = self.panel.present_haplotypes()                           # [2N] (haploid: 2nd absent)
+        self.train_haplotypes_T = np.ascontiguousarray(self.ref_tokens_T[haplotype_columns(self.train)])
+        self.val_haplotypes_T = np.ascontiguousarray(self.ref_tokens_T[haplotype_columns(self.val)])
         cm = genetic_positions(self.panel.chrom, self.panel.positions, data.genetic_map)
-        self.reference = ReferencePanel(self.ref_tokens_T.T, cm, device, self.ref_present)
+        self.reference = ReferencePanel(self.panel.haplotypes, cm, device, self.ref_present)
         self.sites = PanelSites(self.panel.af, self.panel.variant_type, device)
 
     def describe(self) -> str:
@@ -75,7 +81,7 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.data = TrainData(config, self.device)
         self.model = ImputationModel(config.model, config.copying).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr, weight_decay=0.01)
+        self.optimizer = make_optimizer(self.model, config.train.lr)
         uses_faiss = config.model.mode != "none" and self.model.copying is None
         self.retriever = make_retriever(config.retrieval, self.data.ref_tokens_T, self.data.windows,
                                         self.data.ref_present) if uses_faiss else None
@@ -116,13 +122,26 @@ class Trainer:
         return float(np.mean(losses))
 
     def train_batches(self) -> SpanBatches:
-        """The training batches of the current epoch (one window each)."""
+        """The training batches of the current epoch (one span of windows_per_step windows each)."""
         train = self.config.train
-        batches = SpanBatches(self.data.ref_tokens_T, self.data.windows, self.context_sites,
-                              train.batch_size, train.mask, train.seed,
-                              panel_sample=np.arange(len(self.data.train)), observed_sites=self.data.array)
+        batches = SpanBatches(self.data.train_haplotypes_T, self.span_ranges, self.context_sites,
+                              train.batch_size, train.mask, train.seed, panel_sample=self.data.train,
+                              observed_sites=self.data.array)
         batches.set_epoch(self.epoch)
         return batches
+
+    @property
+    def spans(self) -> List[np.ndarray]:
+        """The training spans: consecutive groups of windows_per_step windows (window indices)."""
+        per_step = self.config.train.windows_per_step
+        return [np.arange(i, min(i + per_step, len(self.data.windows)))
+                for i in range(0, len(self.data.windows), per_step)]
+
+    @property
+    def span_ranges(self) -> np.ndarray:
+        """int64 [G, 2]: the site range of each training span."""
+        windows = self.data.windows
+        return np.array([[windows[span[0], 0], windows[span[-1], 1]] for span in self.spans], dtype=np.int64)
 
     @property
     def context_sites(self) -> int:
@@ -132,24 +151,30 @@ class Trainer:
             return self.config.copying.context_sites
         return max(1, self.config.retrieval.key_flank)
 
-    def logits(self, batch: Dict[str, torch.Tensor], detach_reference: bool = False):
-        """The model's logits for a one-window batch."""
-        window = int(batch["span"])
-        ((_, logits),) = self.predictor.span_logits(batch, [window], detach_reference)
-        return logits
-
     def loss(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The training loss of a batch: copying, retrieval and the forward pass, with autograd."""
-        hap_logits, gt_logits = self.logits(batch, self.config.retrieval.detach_reference)
-        return masked_loss(hap_logits, gt_logits, batch)
+        """The training loss of a batch (the mean over its span's windows): copying,
+        retrieval and the forward passes, with autograd."""
+        windows = self.spans[batch["span"]]
+        losses = [masked_loss(hap_logits, gt_logits, window_slice(batch, *self.data.windows[window]))
+                  for window, (hap_logits, gt_logits) in self.predictor.span_logits(
+                      batch, windows, self.config.retrieval.detach_reference)]
+        return torch.stack(losses).mean()
 
     def train_step(self, batch: Dict[str, torch.Tensor]) -> float:
+        set_learning_rate(self.optimizer, self.step, self.steps_per_epoch)
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
         return loss.item()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps in an epoch."""
+        train = self.config.train
+        batches = len(self.spans) * -(-len(self.data.train) // train.batch_size)
+        return max(1, min(batches, train.steps_per_epoch or batches))
 
     @torch.no_grad()
     def validate(self) -> Dict[str, object]:
@@ -164,11 +189,11 @@ class Trainer:
         chosen = np.unique(np.linspace(0, len(data.windows) - 1, VALIDATION_WINDOWS).round().astype(int))
         batches = SpanBatches(data.val_haplotypes_T, data.windows[chosen], self.context_sites,
                               2 * train.batch_size, mask, train.seed + VALIDATION_SEED_OFFSET,
-                              panel_sample=np.full(len(data.val), -1), observed_sites=data.array, shuffle=False)
+                              panel_sample=data.val, observed_sites=data.array, shuffle=False)
         self.model.eval()
         losses, pieces = [], []
         for batch in progress(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):
-            ((_, (hap_logits, gt_logits)),) = self.predictor.span_logits(batch, [int(chosen[int(batch["span"])])])
+            ((_, (hap_logits, gt_logits)),) = self.predictor.span_logits(batch, [int(chosen[batch["span"]])])
             losses.append(float(masked_loss(hap_logits, gt_logits, batch)))
             pieces.append(hidden_site_predictions(batch, torch.sigmoid(hap_logits.float()).cpu(), data.panel.af))
         return {"val_loss": float(np.mean(losses)), **hidden_site_scores(pieces)}
@@ -231,6 +256,28 @@ def train(config: RunConfig, out_dir: str, resume: Optional[Checkpoint] = None) 
     print(f"{trainer.data.describe()}; mode {config.model.mode}, copying {copying}, "
           f"refresh {config.retrieval.refresh}; output {out_dir}", flush=True)
     return trainer.fit()
+
+
+def make_optimizer(model: ImputationModel, lr: float) -> torch.optim.Optimizer:
+    """AdamW; the copying rates (two scalars) learn at a tenth of ``lr``."""
+    rates = [] if model.copying is None else list(model.copying.parameters())
+    rest = [p for p in model.parameters() if all(p is not r for r in rates)]
+    groups = [{"params": rest, "base_lr": lr}] + ([{"params": rates, "base_lr": lr / 10}] if rates else [])
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, steps_per_epoch: int) -> None:
+    """Each group's base_lr halved every ``steps_per_epoch`` steps, never below a tenth of it."""
+    factor = max(0.1, 0.5 ** (step / steps_per_epoch))
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+def window_slice(batch: Dict[str, torch.Tensor], start: int, end: int) -> Dict[str, torch.Tensor]:
+    """The truth and tokens of a span batch over one of its windows, [start, end)."""
+    offset = batch["start"]
+    return {"haplotypes": batch["haplotypes"][..., start - offset:end - offset],
+            "tokens": batch["tokens"][..., start - offset:end - offset]}
 
 
 def masked_loss(hap_logits: torch.Tensor, gt_logits: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:

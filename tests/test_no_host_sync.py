@@ -85,6 +85,7 @@ def test_training_step_does_not_sync(device, copying):
     reference = ReferencePanel(panel, np.arange(S) * 0.01, torch.device(device))
     observed = np.arange(0, S, 3)
     batch = {"span": 0, "start": 10, "tokens": tokens,
+             "haplotypes": torch.randint(0, 2, (B, 2, L), generator=gen, dtype=torch.uint8),
              "context_sites": torch.from_numpy(observed),
              "context_tokens": torch.from_numpy(panel[observed].T[:2 * B].reshape(B, 2, -1).astype(np.int64)),
              "sample": torch.tensor([0, 1, -1])}

@@ -77,7 +77,7 @@ def test_h1_and_h2_retrieve_separately(panel_tokens):
     sample_tokens = torch.from_numpy(panel_tokens[[10, 25]].astype(np.int64))        # h1 = row 10, h2 = row 25
     tokens = torch.where(torch.from_numpy(OBSERVED), sample_tokens, MASK)[None]       # [1, 2, L]
     observed_sites = np.flatnonzero(OBSERVED)
-    batch = {"span": 0, "start": 0, "tokens": tokens,
+    batch = {"span": 0, "start": 0, "tokens": tokens, "haplotypes": sample_tokens[None].to(torch.uint8),
              "observed": torch.from_numpy(OBSERVED), "context_sites": torch.from_numpy(observed_sites),
              "context_tokens": sample_tokens[:, observed_sites][None], "sample": torch.tensor([-1])}
     seen = {}
@@ -140,3 +140,32 @@ def test_absent_haplotypes_are_never_retrieved(panel_tokens):
     assert ids[1].tolist().count(2) == 0 and ids[1, 0] != -1   # own sample (rows 2, 3) excluded, by panel row
     full = make_retriever(panel_tokens, k=8).search(0, OBSERVED, queries, np.array([-1, 1]))[0]
     assert np.isin(full.numpy(), np.flatnonzero(~present)).any()   # without `present` they would come back
+
+
+def test_a_panel_query_never_sees_its_own_alleles_in_the_allele_frequency(panel_tokens):
+    """Training queries are panel samples: the AF the model sees leaves them out (targets are not in
+    the panel, so theirs is the panel's); a query's own sample is never a template."""
+    seen = {}
+
+    class SpyModel:
+        copying = None
+
+        def __call__(self, tokens, sites, retrieved, copy, detach_reference):
+            seen["af"] = sites.af
+            return None, None
+
+    cpu = torch.device("cpu")
+    panel = panel_tokens.T                                                   # [S, H]
+    af = panel.mean(1).astype(np.float32)
+    reference = ReferencePanel(panel, np.arange(S) * 1e-3, cpu)
+    predictor = Predictor(SpyModel(), RunConfig(), PanelSites(af, np.zeros(S, np.uint8), cpu), reference,
+                          np.array([[0, S]]), retriever=None)
+    rows = torch.from_numpy(panel_tokens[[4, 5]])[None]                      # sample 2's two haplotypes
+    batch = {"span": 0, "start": 0, "tokens": rows.long(), "haplotypes": rows, "sample": torch.tensor([2])}
+    list(predictor.span_logits(batch, [0]))
+    without = np.delete(panel, [4, 5], axis=1).mean(1)
+    np.testing.assert_allclose(seen["af"].numpy(), without, atol=1e-6)
+    list(predictor.span_logits({**batch, "sample": torch.tensor([-1])}, [0]))
+    np.testing.assert_allclose(seen["af"].numpy(), af, atol=1e-6)
+    templates = reference.templates(torch.tensor([2, 2, -1]))
+    assert (templates[:2, 4:6] == -1).all() and (templates[2] == torch.arange(H)).all()
