@@ -1,7 +1,8 @@
 """Imputation accuracy next to Beagle 5.4 and Minimac4, on simulated cohorts.
 
-    python benchmarks/bench_accuracy.py [--quick] [--out DIR] [--cohorts constant,admix,ooa]
-                                        [--seeds 1,2] [--no-ablation] [--threads 2]
+    python benchmarks/bench_accuracy.py [--quick] [--out DIR] [--markdown PATH] [--cohorts constant,admix,ooa]
+                                        [--seeds 1,2] [--modes embedding,token,none] [--no-ablation]
+                                        [--threads 2] [--fresh]
 
 Per cohort (a demography and a seed; simulated once, cached in DIR/cohorts):
 
@@ -24,9 +25,13 @@ and fusion but no transformer block, 256 selected templates instead of all,
 random array-like training patterns instead of the array, and the seed's
 design (FAISS neighbours, no copying posterior).
 
-Writes DIR/accuracy.md (the tables), DIR/accuracy.json (every figure) and
-DIR/r2_by_maf_<cohort>.png. ``--quick`` runs small cohorts and short
-training, to check that the script works (its figures mean little).
+Writes the tables as a markdown section (``--markdown``, default
+DIR/accuracy.md), DIR/accuracy.json (every figure) and
+DIR/r2_by_maf_<cohort>.png. Each tool's result on a cohort is kept in its run
+directory (result.json, with the command that made it) and reused by a later
+invocation with the same options unless ``--fresh``: an interrupted run
+continues where it stopped. ``--quick`` runs small cohorts and short training,
+to check that the script works (its figures mean little).
 """
 from __future__ import annotations
 
@@ -73,13 +78,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/accuracy", help="output directory")
     p.add_argument("--cohorts", default="constant,admix", help="comma-separated: " + ", ".join(COHORTS))
     p.add_argument("--seeds", default="1,2", help="comma-separated simulation seeds per demography")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated embrag_ext modes: " + ", ".join(MODES))
+    p.add_argument("--markdown", help="the markdown section to write (default OUT/accuracy.md)")
+    p.add_argument("--fresh", action="store_true", help="run every tool again instead of reusing results")
     p.add_argument("--quick", action="store_true", help="small cohorts, short training: checks the script")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation on the first cohort")
     p.add_argument("--threads", type=int, default=2, help="cores every tool may use")
     args = p.parse_args(argv)
-    unknown = set(args.cohorts.split(",")) - set(COHORTS)
-    if unknown:
-        p.error(f"--cohorts: unknown {', '.join(sorted(unknown))}")
+    for option, known in (("cohorts", COHORTS), ("modes", MODES)):
+        unknown = set(getattr(args, option).split(",")) - set(known)
+        if unknown:
+            p.error(f"--{option}: unknown {', '.join(sorted(unknown))}")
     return args
 
 
@@ -111,6 +120,19 @@ def score(files: Dict[str, str], imputed: str) -> dict:
     return evaluate.evaluate(args)
 
 
+def reused(result_file: Path, command: List[str], fresh: bool, compute) -> dict:
+    """``compute()`` (a tool's result), stored in ``result_file`` with ``command``;
+    the stored result when it was made by the same command (unless ``fresh``)."""
+    if not fresh and result_file.is_file():
+        stored = json.loads(result_file.read_text())
+        if stored.get("command") == command:
+            return stored["result"]
+    result = compute()
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps({"command": command, "result": result}))
+    return result
+
+
 def beagle(files: Dict[str, str], work: Path, threads: int) -> dict:
     seconds = run(["beagle", f"ref={files['panel']}", f"gt={files['targets']}", f"out={work / 'beagle'}",
                    f"nthreads={threads}"], work / "beagle.stdout", threads)
@@ -126,9 +148,13 @@ def minimac4(files: Dict[str, str], work: Path, threads: int) -> dict:
     return {"impute_seconds": seconds, "train_seconds": None, "report": score(files, str(out))}
 
 
+def run_directory(work: Path, name: str) -> Path:
+    return work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("'", "")
+
+
 def embrag(files: Dict[str, str], work: Path, name: str, options: List[str], quick: bool, threads: int) -> dict:
     """Train (with the targets' array unless --no-array) and impute; timed."""
-    run_dir = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("'", "")
+    run_dir = run_directory(work, name)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     array = [] if "--no-array" in options else ["--array", files["targets"]]
@@ -195,9 +221,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, lines = {}, [f"# Imputation accuracy (`python benchmarks/bench_accuracy.py{' --quick' if args.quick else ''}`)",
-                          "", f"Machine: {os.cpu_count()} cores, {platform.platform()}; {time.strftime('%Y-%m-%d')}; "
-                          f"every tool on {args.threads} threads.", ""]
+    markdown = Path(args.markdown) if args.markdown else out / "accuracy.md"
+    command = "python benchmarks/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results, lines = {}, ["## Imputation accuracy next to Beagle 5.4 and Minimac4", "",
+                          f"`{command.strip()}` (every tool on {args.threads} threads; {os.cpu_count()} cores, "
+                          f"{platform.platform()}; {time.strftime('%Y-%m-%d')}). Aggregate dosage r2 per MAF bin "
+                          "of the panel and NRD on the untyped sites; train and impute wall time in seconds.", ""]
     cohorts = [(demography, int(seed)) for demography in args.cohorts.split(",") for seed in args.seeds.split(",")]
     for index, (demography, seed) in enumerate(cohorts):
         name = f"{demography}-{seed}"
@@ -205,20 +234,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         work = out / "runs" / name
         work.mkdir(parents=True, exist_ok=True)
         print(f"== {name}", flush=True)
-        rows = {"Beagle 5.4": beagle(files, work, args.threads), "Minimac4": minimac4(files, work, args.threads)}
-        for mode, options in MODES.items():
-            rows[f"embrag_ext {mode}"] = embrag(files, work, mode, options, args.quick, args.threads)
-        results[name] = {tool: summary(result) for tool, result in rows.items()}
+
+        def tool(label: str, key: List[str], compute) -> dict:
+            key = [*key, f"quick={args.quick}", f"threads={args.threads}"]
+            return reused(run_directory(work, label) / "result.json", key, args.fresh, compute)
+
+        rows = {"Beagle 5.4": tool("beagle", ["beagle"], lambda: beagle(files, work, args.threads)),
+                "Minimac4": tool("minimac4", ["minimac4"], lambda: minimac4(files, work, args.threads))}
+        for mode in args.modes.split(","):
+            rows[f"embrag_ext {mode}"] = tool(mode, MODES[mode], lambda: embrag(
+                files, work, mode, MODES[mode], args.quick, args.threads))
+        results[name] = {label: summary(result) for label, result in rows.items()}
         lines += cohort_table(f"{name}: {COHORTS[demography]}", results[name])
         plot(name, results[name], out / f"r2_by_maf_{name}.png")
+        lines += [f"![r2 by MAF, {name}]({os.path.relpath(out / f'r2_by_maf_{name}.png', markdown.parent)})", ""]
         if index == 0 and not args.no_ablation:
-            ablation = {variant: summary(embrag(files, work, variant, options, args.quick, args.threads))
-                        for variant, options in ABLATION.items()}
-            ablation["full model (embedding)"] = results[name]["embrag_ext embedding"]
+            ablation = {variant: summary(tool(variant, options, lambda: embrag(
+                files, work, variant, options, args.quick, args.threads))) for variant, options in ABLATION.items()}
+            if "embrag_ext embedding" in results[name]:
+                ablation["full model (embedding)"] = results[name]["embrag_ext embedding"]
             results[f"{name} ablation"] = ablation
             lines += cohort_table(f"Ablation on {name}", ablation)
         (out / "accuracy.json").write_text(json.dumps(results, indent=1))
-        (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text("\n".join(lines) + "\n")
         print("\n".join(cohort_table(name, results[name])), flush=True)
     return results
 

@@ -26,6 +26,7 @@ from .masking import MaskConfig
 
 CONFIG_VERSION = 1
 MODES = ("none", "token", "embedding")
+AMP_CHOICES = ("auto", "bf16", "off")   # --amp: bf16 autocast where it is fast, always, never
 
 
 MULTIALLELIC_MODES = ("skip", "split")
@@ -172,6 +173,7 @@ class TrainConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     device: str = "cpu"
     workers: int = 0             # data-loader worker processes
+    amp: str = "auto"            # bf16 autocast of the model: auto (where bf16 is fast), bf16, off
 
     def __post_init__(self):
         _require(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0 (0: save the untrained model)")
@@ -181,6 +183,7 @@ class TrainConfig:
         _require(self.lr > 0, f"--lr {self.lr}: must be > 0")
         _require(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
         _require(self.device in ("cpu", "cuda"), f"--device {self.device!r}: expected cpu or cuda")
+        _require(self.amp in AMP_CHOICES, f"--amp {self.amp!r}: expected one of {', '.join(AMP_CHOICES)}")
 
 
 @dataclass(frozen=True)

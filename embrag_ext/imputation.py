@@ -25,6 +25,7 @@ from .genetic_map import genetic_positions
 from .masking import MaskConfig
 from .model import ImputationModel
 from .panel import Panel
+from .precision import use_autocast
 from .predict import PanelSites, Predictor, ReferencePanel
 from .retrieval import make_retriever
 from .windows import stitch
@@ -75,8 +76,9 @@ def chunk_spans(windows: np.ndarray, typed: np.ndarray, max_observed: int) -> Li
 
 
 def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: np.ndarray,
-                      typed: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """P(ALT) float32 [S, 2T] for the targets' haplotypes uint8 [S, 2T] (MASK where untyped)."""
+                      typed: np.ndarray, batch_size: int, device: torch.device, amp: str = "auto") -> np.ndarray:
+    """P(ALT) float32 [S, 2T] for the targets' haplotypes uint8 [S, 2T] (MASK where untyped);
+    ``amp``: --amp (precision.use_autocast)."""
     config, windows = checkpoint.config, np.asarray(checkpoint.windows)
     model = load_model(checkpoint, device)
     cm = genetic_positions(panel.chrom, panel.positions, config.data.genetic_map)
@@ -87,7 +89,7 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
                                    panel.present_haplotypes())
         retriever.load_state_dict(checkpoint.retriever)
     predictor = Predictor(model, config, PanelSites(panel.af, panel.variant_type, device), reference, windows,
-                          retriever)
+                          retriever, autocast=use_autocast(amp, device))
     groups = chunk_spans(windows, typed, CHUNK_OBSERVED_SITES)
     spans = np.array([[windows[g[0], 0], windows[g[-1], 1]] for g in groups])
     context = config.copying.context_sites if model.copying is not None else max(1, config.retrieval.key_flank)

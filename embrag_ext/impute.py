@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import DataConfig, add_panel_arguments
+from .config import AMP_CHOICES, DataConfig, add_panel_arguments
 from .errors import InputError, run_cli
 from .imputation import check_panel, impute_haplotypes, warn_if_other_array
 from .model_cache import cached_checkpoint
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impute-all", action="store_true", help="impute every panel site, however far from typed ones")
     p.add_argument("--batch-size", type=int, default=64, help="target samples per batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="bf16 autocast of the model: auto = where bf16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
     return p
 
 
@@ -121,7 +123,7 @@ def load_inputs(args: argparse.Namespace, thresholds: QCThresholds):
     panel = load_panel(args.panel, **data.panel_options())
     targets = load_targets(args.targets, panel, thresholds=thresholds, allow_unphased=args.phaser != "none")
     if checkpoint is None:
-        checkpoint = cached_checkpoint(args.panel, data, panel, targets.typed, args.device)
+        checkpoint = cached_checkpoint(args.panel, data, panel, targets.typed, args.device, args.amp)
     check_panel(panel, checkpoint)
     warn_if_other_array(checkpoint, panel, targets.typed)
     return checkpoint, panel, targets
@@ -189,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     phase_targets(args, targets, panel)
     began = time.perf_counter()
     alt_prob = impute_haplotypes(checkpoint, panel, targets.haplotypes, targets.typed, args.batch_size,
-                                 torch.device(args.device))
+                                 torch.device(args.device), args.amp)
     seconds = time.perf_counter() - began
     status = write_outputs(args, panel, targets, alt_prob)
     section = targets.qc.sections["imputation"]

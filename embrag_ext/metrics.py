@@ -77,7 +77,7 @@ def _group_metrics(true_gt: np.ndarray, dosage: np.ndarray, called_gt: np.ndarra
         "n_sites_r2_undefined": int((~defined).sum()),
         "concordance": _ratio(matches.sum(), matches.size),
         "nrd": _ratio((~matches & non_ref).sum(), non_ref.sum()),
-        "mean_estimated_r2": _mean(estimated_r2),
+        "mean_estimated_r2": _mean(None if estimated_r2 is None else np.asarray(estimated_r2)[defined]),
     }
 
 
@@ -103,8 +103,9 @@ def dosage_metrics(true_gt: np.ndarray, dosage: np.ndarray, af: np.ndarray,
     called_gt: int [S, T] imputed hard genotypes (GT allele sum); default
         ``rint(dosage)``.
     estimated_r2: float [S] the imputation's own estimate of each site's
-        dosage r2 (DR2 / R2); its mean per group is ``mean_estimated_r2``, to
-        set beside ``mean_site_r2`` (is the estimate honest?). nan without it.
+        dosage r2 (DR2 / R2); its mean per group, over the sites of
+        ``mean_site_r2``, is ``mean_estimated_r2``, to set beside it (is the
+        estimate honest?). nan without it.
 
     Per group of sites: ``aggregate_r2``, the squared correlation of dosage
     with the true count over all genotypes of the group, counting the panel's

@@ -34,9 +34,9 @@ def model_dir(panel_path: str, data: DataConfig, typed_positions: np.ndarray) ->
 
 
 def cached_checkpoint(panel_path: str, data: DataConfig, panel: Panel, typed: np.ndarray,
-                      device: str) -> Checkpoint:
+                      device: str, amp: str = "auto") -> Checkpoint:
     """The checkpoint of a model trained for ``panel`` with its ``typed`` sites (bool [S])
-    as the array; trained now (default settings, on ``device``) if not cached yet."""
+    as the array; trained now (default settings, on ``device`` with ``amp``) if not cached yet."""
     directory = model_dir(panel_path, data, panel.positions[typed])
     checkpoint_path = directory / CHECKPOINT_NAME
     n_typed = int(typed.sum())
@@ -52,7 +52,7 @@ def cached_checkpoint(panel_path: str, data: DataConfig, panel: Panel, typed: np
         defaults = RunConfig()
         config = defaults.replace(
             data=dataclasses.replace(data, panel=os.path.abspath(panel_path), array=str(sites_file)),
-            train=dataclasses.replace(defaults.train, device=device))
+            train=dataclasses.replace(defaults.train, device=device, amp=amp))
         with atomic_directory(directory) as staging:
             train(config, str(staging))
     return load_checkpoint(str(checkpoint_path), device)

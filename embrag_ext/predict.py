@@ -109,11 +109,13 @@ def key_encoder(model: ImputationModel, sites: PanelSites, windows: np.ndarray,
 
 class Predictor:
     """The model with what it reads besides a batch: panel sites, reference
-    panel, windows, the FAISS retriever (None when copying chooses the neighbours)."""
+    panel, windows, the FAISS retriever (None when copying chooses the neighbours);
+    ``autocast``: the model runs under bf16 autocast (precision.use_autocast)."""
 
     def __init__(self, model: ImputationModel, config: RunConfig, sites: PanelSites,
-                 reference: ReferencePanel, windows: np.ndarray, retriever: Optional[Retriever]):
-        self.model, self.config, self.sites = model, config, sites
+                 reference: ReferencePanel, windows: np.ndarray, retriever: Optional[Retriever],
+                 autocast: bool = False):
+        self.model, self.config, self.sites, self.autocast = model, config, sites, autocast
         self.reference, self.windows, self.retriever = reference, np.asarray(windows), retriever
 
     @property
@@ -129,7 +131,7 @@ class Predictor:
         copying = None if self.model.copying is None else self._posterior(batch, query_sample)
         for group in self._groups(windows, max(1, MAX_ROWS_PER_CALL // (2 * B))):
             inputs = [self._window_inputs(batch, window, copying, query_sample) for window in group]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 hap_logits, gt_logits = self.model(*stack_windows(inputs), detach_reference=detach_reference)
             for i, window in enumerate(group):
                 yield window, (hap_logits[i * B:(i + 1) * B], gt_logits[i * B:(i + 1) * B])

@@ -10,7 +10,7 @@ this module turns the command line into a :class:`~embrag_ext.config.RunConfig`.
 
 Options may also come from ``--config file.json`` (keys = option names with
 underscores); command-line options win. ``--resume DIR`` continues the run in
-DIR with its stored config (only --epochs, --device, --workers are taken
+DIR with its stored config (only --epochs, --device, --workers, --amp are taken
 from the command line). On the CPU a run is deterministic given ``--seed``.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
-from .config import (MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig,
+from .config import (AMP_CHOICES, MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig,
                      add_panel_arguments)
 from .errors import InputError, run_cli
 from .masking import MaskConfig
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that an observed site is missing for a sample")
     p.add_argument("--device", choices=("cpu", "cuda"), default=training.device)
     p.add_argument("--workers", type=int, default=training.workers, help="data-loader worker processes")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=training.amp,
+                   help="bf16 autocast of the model: auto = where bf16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
     p.add_argument("--out", help="output directory (default runs/<mode>-<time>)")
     p.add_argument("--resume", help="output directory (or checkpoint.pt) of a run to continue")
     return p
@@ -133,11 +135,11 @@ def run_config(options: argparse.Namespace) -> RunConfig:
                           lr=options.lr, seed=options.seed,
                           mask=MaskConfig(ratio_range=tuple(options.mask_ratio),
                                           sporadic_missing=options.sporadic_missing),
-                          device=options.device, workers=options.workers))
+                          device=options.device, workers=options.workers, amp=options.amp))
 
 
 def resumed_run(options: argparse.Namespace) -> Tuple[RunConfig, str, Checkpoint]:
-    """(the stored config with the command line's epochs, device and workers,
+    """(the stored config with the command line's epochs, device, workers and amp,
     the run's directory, its checkpoint)."""
     path = options.resume
     path = os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path
@@ -146,7 +148,8 @@ def resumed_run(options: argparse.Namespace) -> Tuple[RunConfig, str, Checkpoint
     checkpoint = load_checkpoint(path, options.device, flag="--resume")
     stored = checkpoint.config
     config = stored.replace(train=dataclasses.replace(stored.train, epochs=options.epochs,
-                                                      device=options.device, workers=options.workers))
+                                                      device=options.device, workers=options.workers,
+                                                      amp=options.amp))
     return config, os.path.dirname(os.path.abspath(path)), checkpoint
 
 

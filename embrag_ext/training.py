@@ -40,6 +40,7 @@ from .metrics import hidden_site_scores
 from .model import ImputationModel
 from .panel import haplotype_columns
 from .panel_vcf import load_panel
+from .precision import use_autocast
 from .predict import PanelSites, Predictor, ReferencePanel, key_encoder
 from .retrieval import make_retriever
 from .tokens import MASK
@@ -86,7 +87,8 @@ class Trainer:
         self.retriever = make_retriever(config.retrieval, self.data.ref_tokens_T, self.data.windows,
                                         self.data.ref_present) if uses_faiss else None
         self.predictor = Predictor(self.model, config, self.data.sites, self.data.reference,
-                                   self.data.windows, self.retriever)
+                                   self.data.windows, self.retriever,
+                                   autocast=use_autocast(config.train.amp, self.device))
         self.epoch, self.step, self.history = 0, 0, []
         self.refresh_seconds = 0.0
 

@@ -38,6 +38,16 @@ def test_dosage_metrics_by_hand():
     assert overall["n_sites_r2_undefined"] == 1
 
 
+def test_estimated_r2_is_averaged_over_the_sites_of_the_true_site_r2():
+    """DR2 beside the true per-site r2 compares like with like: a site whose true
+    r2 is undefined (the truth does not vary) counts in neither mean."""
+    true_gt = np.array([[0, 1, 2], [0, 0, 1], [0, 0, 0]])
+    dosage = np.array([[0.0, 1.0, 1.0], [0.0, 0.4, 1.0], [0.0, 0.0, 0.2]])
+    overall = dosage_metrics(true_gt, dosage, np.array([0.3, 0.2, 0.1]),
+                             estimated_r2=np.array([0.9, 0.7, 0.05]))["all"]
+    assert overall["mean_estimated_r2"] == pytest.approx(0.8)    # the third site's 0.05 left out
+
+
 def test_site_mask_and_called_genotypes():
     true_gt = np.array([[0, 1, 2], [2, 2, 2]])
     dosage = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]])

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from helpers import TINY_TRAINING
-from embrag_ext import evaluate, impute, train, training
+from embrag_ext import evaluate, impute, precision, train, training
+from embrag_ext.checkpoint import load_checkpoint
 from embrag_ext.dataset import SpanBatches
 from embrag_ext.errors import InputError, run_cli
+from embrag_ext.imputation import impute_haplotypes
 from embrag_ext.masking import MaskConfig
 from embrag_ext.panel_vcf import load_panel
 from embrag_ext.targets import load_targets
@@ -157,3 +159,45 @@ def test_impute_writes_a_vcf_that_evaluate_scores(cohort, tmp_path):
     report = evaluate.main(["--truth", cohort["truth"], "--imputed", out, "--typed", cohort["targets"],
                             "--out-json", str(tmp_path / "eval.json")])
     assert os.path.isfile(tmp_path / "eval.json") and report is not None
+
+
+def record_output_dtypes(module: torch.nn.Module) -> list:
+    """The dtypes of ``module``'s outputs from now on."""
+    seen = []
+    module.register_forward_hook(lambda _module, _inputs, output: seen.append(output.dtype))
+    return seen
+
+
+def test_training_step_and_imputation_under_cpu_bf16_autocast(cohort, tmp_path):
+    """--amp bf16 on the CPU runs the code path of --device cuda (autocast): the
+    training steps stay finite with the model's layers in bf16, and imputing
+    under bf16 gives the float32 probabilities within bf16 rounding."""
+    config = train.run_config(train.parse_options(tiny_args(cohort, tmp_path, "--amp", "bf16", "--epochs", "1")))
+    trainer = training.Trainer(config, str(tmp_path))
+    layer_dtypes = record_output_dtypes(trainer.model.hap_head)
+    assert math.isfinite(trainer.train_epoch())
+    assert layer_dtypes and set(layer_dtypes) == {torch.bfloat16}
+    trainer.save()
+    checkpoint = load_checkpoint(str(tmp_path / "checkpoint.pt"), "cpu")
+    panel = load_panel(cohort["panel"])
+    targets = load_targets(cohort["targets"], panel)
+    probabilities = {amp: impute_haplotypes(checkpoint, panel, targets.haplotypes, targets.typed, 4,
+                                            torch.device("cpu"), amp) for amp in ("off", "bf16")}
+    difference = np.abs(probabilities["bf16"] - probabilities["off"])
+    assert 0 < difference.max() < 0.05 and difference.mean() < 2e-3
+
+
+@pytest.mark.parametrize("amp,device,fast_cpu,expected", [
+    ("auto", "cuda", False, True), ("auto", "cpu", True, True), ("auto", "cpu", False, False),
+    ("bf16", "cpu", False, True), ("off", "cuda", True, False)])
+def test_amp_setting_decides_autocast(monkeypatch, amp, device, fast_cpu, expected):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_cpu)
+    assert precision.use_autocast(amp, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize("flags,expected", [("fpu avx512f amx_bf16 amx_tile", True), ("fpu avx512_bf16", True),
+                                            ("fpu avx2 avx512f", False)])
+def test_fast_bf16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert precision.read_fast_bf16(str(cpuinfo)) == expected
