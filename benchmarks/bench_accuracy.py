@@ -26,7 +26,7 @@ random array-like training patterns instead of the array, and the seed's
 design (FAISS neighbours, no copying posterior).
 
 Writes the tables as a markdown section (``--markdown``, default
-DIR/accuracy.md), DIR/accuracy.json (every figure) and
+DIR/accuracy.md), every figure beside it (the same name, .json) and
 DIR/r2_by_maf_<cohort>.png. Each tool's result on a cohort is kept in its run
 directory (result.json, with the command that made it) and reused by a later
 invocation with the same options unless ``--fresh``: an interrupted run
@@ -255,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 ablation["full model (embedding)"] = results[name]["embrag_ext embedding"]
             results[f"{name} ablation"] = ablation
             lines += cohort_table(f"Ablation on {name}", ablation)
-        (out / "accuracy.json").write_text(json.dumps(results, indent=1))
+        markdown.with_suffix(".json").write_text(json.dumps(results, indent=1))
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text("\n".join(lines) + "\n")
         print("\n".join(cohort_table(name, results[name])), flush=True)
