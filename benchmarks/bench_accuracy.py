@@ -57,6 +57,8 @@ COHORTS = {  # issue 10: about 1,000 panel samples, 100 targets, 2 Mb
                      array_maf=0.0),
     "admix": dict(model="admix", n_panel=900, n_target=100, length=2_000_000, array_every=10, array_maf=0.05),
     "ooa": dict(model="ooa", n_panel=1000, n_target=100, length=2_000_000, array_every=10, array_maf=0.05),
+    # the README's worked example: `python -m embrag_ext.simulate --out cohort --seed 1` (its defaults)
+    "readme": dict(model="constant", n_panel=500, n_target=50, length=1_000_000, array_every=10, array_maf=0.0),
 }
 QUICK_SIZE = dict(n_panel=120, n_target=12, length=250_000)
 QUICK_TRAIN = ["--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "4"]
