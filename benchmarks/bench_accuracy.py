@@ -2,6 +2,7 @@
 
     python benchmarks/bench_accuracy.py [--quick] [--out DIR] [--markdown PATH] [--cohorts constant,admix,ooa]
                                         [--seeds 1,2] [--modes embedding,token,none] [--no-ablation]
+                                        [--ablation hmm-alone,no-transformer,templates-256,no-array,seed-design]
                                         [--threads 2] [--fresh]
 
 Per cohort (a demography and a seed; simulated once, cached in DIR/cohorts):
@@ -63,12 +64,12 @@ COHORTS = {  # issue 10: about 1,000 panel samples, 100 targets, 2 Mb
 QUICK_SIZE = dict(n_panel=120, n_target=12, length=250_000)
 QUICK_TRAIN = ["--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "4"]
 MODES = {"embedding": [], "token": ["--mode", "token"], "none": ["--mode", "none"]}
-ABLATION = {
-    "HMM alone (untrained, Beagle's rates)": ["--epochs", "0", "--fixed-rates"],
-    "HMM + fusion, no transformer block": ["--layers", "0"],
-    "256 selected templates": ["--templates", "256"],
-    "random patterns, not the array": ["--no-array"],
-    "seed design (FAISS neighbours, no copying)": ["--copying", "off"],
+ABLATION = {  # --ablation id: (row label, options)
+    "hmm-alone": ("HMM alone (untrained, Beagle's rates)", ["--epochs", "0", "--fixed-rates"]),
+    "no-transformer": ("HMM + fusion, no transformer block", ["--layers", "0"]),
+    "templates-256": ("256 selected templates", ["--templates", "256"]),
+    "no-array": ("random patterns, not the array", ["--no-array"]),
+    "seed-design": ("seed design (FAISS neighbours, no copying)", ["--copying", "off"]),
 }
 BINS = [bin_label(low, high) for low, high in MAF_BINS]
 # Beagle and Minimac4 take every typed site as given and impute every panel site: so does embrag_ext here
@@ -85,9 +86,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="run every tool again instead of reusing results")
     p.add_argument("--quick", action="store_true", help="small cohorts, short training: checks the script")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation on the first cohort")
+    p.add_argument("--ablation", default=",".join(ABLATION), help="comma-separated ablation variants: "
+                                                                   + ", ".join(ABLATION))
     p.add_argument("--threads", type=int, default=2, help="cores every tool may use")
     args = p.parse_args(argv)
-    for option, known in (("cohorts", COHORTS), ("modes", MODES)):
+    for option, known in (("cohorts", COHORTS), ("modes", MODES), ("ablation", ABLATION)):
         unknown = set(getattr(args, option).split(",")) - set(known)
         if unknown:
             p.error(f"--{option}: unknown {', '.join(sorted(unknown))}")
@@ -251,8 +254,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         plot(name, results[name], out / f"r2_by_maf_{name}.png")
         lines += [f"![r2 by MAF, {name}]({os.path.relpath(out / f'r2_by_maf_{name}.png', markdown.parent)})", ""]
         if index == 0 and not args.no_ablation:
-            ablation = {variant: summary(tool(variant, options, lambda: embrag(
-                files, work, variant, options, args.quick, args.threads))) for variant, options in ABLATION.items()}
+            ablation = {}
+            for variant in args.ablation.split(","):
+                label, options = ABLATION[variant]
+                ablation[label] = summary(tool(label, options, lambda: embrag(
+                    files, work, label, options, args.quick, args.threads)))
             if "embrag_ext embedding" in results[name]:
                 ablation["full model (embedding)"] = results[name]["embrag_ext embedding"]
             results[f"{name} ablation"] = ablation
