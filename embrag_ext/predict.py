@@ -92,6 +92,7 @@ class Predictor:
                  reference: ReferencePanel, windows: np.ndarray, retriever: Optional[Retriever]):
         self.model, self.config, self.sites = model, config, sites
         self.reference, self.windows, self.retriever = reference, np.asarray(windows), retriever
+        self.keys = None     # learned keys (learned_keys.LearnedKeys): they choose the templates when set
 
     @property
     def device(self) -> torch.device:
@@ -125,8 +126,9 @@ class Predictor:
         batch's own samples when they are panel samples (as targets are not)."""
         sites = self.sites.window(start, end)
         offset = batch["start"]
-        truth = batch["haplotypes"][..., start - offset:end - offset].to(self.device)     # [B, 2, L]
-        in_panel = (batch["sample"] >= 0).to(self.device)[:, None, None]                  # [B, 1, 1]
+        # a rank's share of a batch (distributed.py) leaves the whole batch out
+        truth = batch.get("batch_haplotypes", batch["haplotypes"])[..., start - offset:end - offset].to(self.device)
+        in_panel = (batch.get("batch_sample", batch["sample"]) >= 0).to(self.device)[:, None, None]   # [B, 1, 1]
         own_alt = ((truth == 1) & in_panel).sum((0, 1)).float()                           # [L]
         own_alleles = ((truth != MASK) & in_panel).sum((0, 1)).float()
         n = float(self.reference.n_present)
@@ -142,7 +144,10 @@ class Predictor:
         ref_sites = self.reference.by_site.index_select(0, sites)                      # [M, H]
         wanted = self.config.copying.templates
         if 0 < wanted < self.reference.n_haplotypes:
-            templates = select_templates(query, ref_sites, templates, wanted)           # [N, K]
+            if self.keys is not None:
+                templates = self.keys.select(query, ref_sites, templates, wanted, batch["context_sites"].numpy())
+            else:
+                templates = select_templates(query, ref_sites, templates, wanted)       # [N, K]
         return context, templates, self.model.copying(query, templates, ref_sites, context.switch_cm)
 
     def _copy_features(self, copying, start: int, end: int) -> CopyFeatures:
