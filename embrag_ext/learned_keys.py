@@ -14,16 +14,19 @@ among the R nearest on each side of the focus's centre (slot by signed rank,
 so the same slot means "the i-th observed site left of the centre" whatever
 the array's density), holding a learned value of the allele there:
 
-    value(site l, allele t) = c_l + s(t) * sqrt(w_l) / 2,   s(REF) = -1, s(ALT) = +1, s(MASK) = 0
-    log w_l = -d_l / decay + mlp(features of site l),        [c_l from the same mlp]
+    value(site l, allele t) = s(t) * sqrt(w_l) / 2,   s(REF) = -1, s(ALT) = +1, s(MASK) = 0
+    log w_l = -d_l / decay + mlp(features of site l)
 
 with d_l the sites between l and the focus, and the features the site's allele
 frequency and distance. So two keys start out as today's L2 keys over the 2R
 nearest observed sites (``mlp`` starts at zero): a decay-weighted count of
 mismatches, in ``2R`` dims instead of ``n_obs * D``. A residual MLP on the
 slots (also starting at zero) makes the similarity non-linear in the
-mismatches. A missing query allele (MASK) sits at the midpoint, equally far
-from REF and ALT, as in retrieval.py.
+mismatches, and a learned scale per slot weighs sites by their rank from the
+centre. A missing query allele (MASK) sits at the midpoint, equally far from
+REF and ALT, as in retrieval.py. Nothing shifts every key alike (no bias on the
+last layer): distances could not see it, so its gradient would be rounding
+noise, which Adam would turn into steps of full size.
 
 Training (:meth:`LearnedKeys.loss`, added to the training loss): for each query
 haplotype of a batch and a focus, the *positives* are the references that agree
@@ -103,12 +106,12 @@ class KeyEncoder(nn.Module):
         self.per_side = sites_per_side
         self.decay = decay
         self.site_mlp = nn.Sequential(nn.Linear(N_SITE_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, hidden),
-                                      nn.GELU(), nn.Linear(hidden, 2))
-        self.post = nn.Sequential(nn.Linear(self.dim, hidden), nn.GELU(), nn.Linear(hidden, self.dim))
+                                      nn.GELU(), nn.Linear(hidden, 1))
+        self.post = nn.Sequential(nn.Linear(self.dim, hidden), nn.GELU(), nn.Linear(hidden, self.dim, bias=False))
         self.slot_scale = nn.Parameter(torch.zeros(self.dim))   # log-scale per slot (rank from the centre)
-        for last in (self.site_mlp[-1], self.post[-1]):            # start as the decay-weighted L2 keys
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+        nn.init.zeros_(self.site_mlp[-1].weight)                   # start as the decay-weighted L2 keys
+        nn.init.zeros_(self.site_mlp[-1].bias)
+        nn.init.zeros_(self.post[-1].weight)
 
     @property
     def dim(self) -> int:
@@ -121,11 +124,9 @@ class KeyEncoder(nn.Module):
         maf = torch.minimum(af, 1 - af)
         features = torch.stack([torch.logit(af) / 8, 4 * maf, torch.log1p(d) / 6, torch.exp(-d / 16),
                                 torch.exp(-d / 128), torch.exp(-d / 512), (d == 0).float()], -1)
-        out = self.site_mlp(features)                                         # [n, 2]
-        log_w = out[:, 0] - (d / self.decay if self.decay > 0 else 0 * d)
+        log_w = self.site_mlp(features)[:, 0] - (d / self.decay if self.decay > 0 else 0 * d)
         half = 0.5 * torch.exp(0.5 * log_w)
-        centre = out[:, 1]
-        return torch.stack([centre - half, centre + half, centre], -1)
+        return torch.stack([-half, half, torch.zeros_like(half)], -1)
 
     def keys(self, values: torch.Tensor, slot: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """float32 [Q, 2R]: keys of Q haplotypes from the site values [n, 3], slots int64 [n]

@@ -162,8 +162,8 @@ class Retriever:
 
     def measure_recall(self, n_windows: int = RECALL_WINDOWS, n_queries: int = RECALL_QUERIES,
                        seed: int = 0) -> Optional[float]:
-        """recall@K of this index against exact search: the share of the exact top K
-        that the index also returns, over ``n_queries`` panel haplotypes (their own
+        """recall@K of this index against exact search (:func:`tied_recall`: the share
+        of the K returned that are as near as the exact K-th), over ``n_queries`` panel haplotypes (their own
         sample excluded) in ``n_windows`` evenly spaced windows, under an array-like
         pattern of 5% of the sites. Stored for :meth:`recall`; None for Flat."""
         if not self.approximate:
@@ -178,12 +178,14 @@ class Retriever:
             rows = np.sort(rng.choice(self.rows, min(n_queries, len(self.rows)), replace=False))
             queries = self.query_keys(int(window), sites, self.ref_tokens_T[np.ix_(rows, start + sites)].astype(np.int64))
             found = self._search(self._index(int(window), observed, sites), queries, rows // 2)[0]
+            refs = self.reference_keys(int(window), sites)
             exact = faiss.IndexFlatL2(queries.shape[1])
-            exact.add(self.reference_keys(int(window), sites))
-            want = self._search(exact, queries, rows // 2)[0]
-            for got, truth in zip(found, want):
-                hits += len(np.intersect1d(got[got >= 0], truth[truth >= 0]))
-                total += int((truth >= 0).sum())
+            exact.add(refs)
+            want_ids, want_dist = self._search(exact, queries, rows // 2)
+            found_keys = refs[np.searchsorted(self.rows, np.maximum(found, 0))]          # [Q, K, d]
+            found_dist = np.where(found >= 0, ((found_keys - queries[:, None]) ** 2).sum(-1), np.inf)
+            window_hits, window_total = tied_recall(found_dist, np.where(want_ids >= 0, want_dist, np.inf))
+            hits, total = hits + window_hits, total + window_total
         self._last = None
         self.last_recall = hits / total if total else None
         return self.last_recall
@@ -193,7 +195,7 @@ class Retriever:
         pattern = observed.tobytes()
         if self._last is not None and self._last[:2] == (window, pattern):
             return self._last[2]
-        index = _build_index(self.factory, self.reference_keys(window, sites))  # keys [H, n * D]
+        index = build_faiss_index(self.factory, self.reference_keys(window, sites))  # keys [H, n * D]
         self._last = (window, pattern, index)
         return index
 
@@ -208,6 +210,33 @@ class Retriever:
         return np.ascontiguousarray(keys.reshape(len(tokens), -1), dtype=np.float32)
 
 
+def tied_recall(found_dist: np.ndarray, exact_dist: np.ndarray) -> Tuple[int, int]:
+    """(hits, total) of recall@K with ties: a returned neighbour is a hit when its
+    true distance is within the exact K-th distance (haplotypes are often identical at
+    the observed sites, and which of tied references exact search returns is arbitrary).
+    found_dist [Q, K]: true distances of the returned neighbours (inf = none);
+    exact_dist [Q, K]: exact search's distances (inf = none)."""
+    hits = total = 0
+    for got, want in zip(found_dist, exact_dist):
+        want = want[np.isfinite(want)]
+        if len(want) == 0:
+            continue
+        bound = want.max() * (1 + 1e-5) + 1e-6
+        hits += min(len(want), int((got <= bound).sum()))
+        total += len(want)
+    return hits, total
+
+
+def overlap_recall(found: np.ndarray, exact: np.ndarray) -> Tuple[int, int]:
+    """(hits, total): how many of the exact top K [Q, K] (-1 = none) the approximate
+    results [Q, K] contain, and how many there were to find."""
+    hits = total = 0
+    for got, want in zip(found, exact):
+        hits += len(np.intersect1d(got[got >= 0], want[want >= 0]))
+        total += int((want >= 0).sum())
+    return hits, total
+
+
 def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: np.ndarray,
                    present: Optional[np.ndarray] = None) -> Retriever:
     """The retriever ``config`` describes over reference haplotypes ref_tokens_T uint8 [H, S]
@@ -218,21 +247,29 @@ def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: n
 
 
 def _check_factory(factory: str) -> None:
+    name, _, parameters = factory.partition("|")
     try:
-        faiss.index_factory(8, factory)
+        index = faiss.index_factory(8, name)
+        if parameters:
+            faiss.ParameterSpace().set_index_parameters(index, parameters)
     except RuntimeError as error:
-        raise InputError(f"FAISS index factory {factory!r}: {str(error).splitlines()[0]}") from None
+        raise InputError(f"FAISS index {factory!r}: {str(error).strip().splitlines()[-1]}") from None
 
 
-def _build_index(factory: str, keys: np.ndarray) -> faiss.Index:
+def build_faiss_index(factory: str, keys: np.ndarray) -> faiss.Index:
     """A FAISS index over keys [H, d] (trained on them if it needs training;
-    moved to the GPU when this faiss has GPUs)."""
-    index = faiss.index_factory(keys.shape[1], factory)
+    moved to the GPU when this faiss has GPUs). ``factory``: a FAISS index factory
+    string, optionally followed by ``|`` and search parameters in FAISS's
+    ParameterSpace syntax (``IVF64,Flat|nprobe=8``, ``HNSW32|efSearch=64``)."""
+    name, _, parameters = factory.partition("|")
+    index = faiss.index_factory(keys.shape[1], name)
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     if not index.is_trained:
         index.train(keys)
     index.add(keys)
+    if parameters:
+        faiss.ParameterSpace().set_index_parameters(index, parameters)
     return index
 
 
