@@ -9,9 +9,10 @@ import torch
 from helpers import TINY_TRAINING
 from embrag_ext import train, training
 from embrag_ext.config import RetrievalConfig
+from embrag_ext.copying import select_templates
 from embrag_ext.learned_keys import KeyEncoder, LearnedKeys, info_nce, mine, slots
 from embrag_ext.metrics import retrieval_utility
-from embrag_ext.retrieval import Retriever, overlap_recall, tied_recall
+from embrag_ext.retrieval import Retriever, overlap_recall, site_scales, tied_recall
 from embrag_ext.tokens import ALT, MASK, REF
 
 
@@ -193,3 +194,38 @@ def test_learned_keys_choose_templates_and_survive_the_checkpoint(cohort, tmp_pa
     assert trainer.predictor.keys is trainer.keys
     assert all(torch.equal(a, b) for a, b in zip(trainer.keys.snapshot.state_dict().values(),
                                                  checkpoint.keys["snapshot"].values()))
+
+
+@pytest.mark.parametrize("place", ["faiss", "templates"])
+def test_predictor_references_are_what_the_model_draws_on(cohort, tmp_path, place):
+    """Predictor.references (what bench_keys.py scores): the FAISS neighbours under the
+    batch's pattern over the key range, or the copying templates chosen over its context;
+    never the query's own sample."""
+    extra = ["--copying", "off"] if place == "faiss" else ["--templates", "12"]
+    options = train.parse_options(["--panel", cohort["panel"], "--out", str(tmp_path), *TINY_TRAINING, *extra])
+    trainer = training.Trainer(train.run_config(options), str(tmp_path))
+    trainer.refresh("initial encoder")
+    batch = trainer.train_batches()[0]
+    window = int(trainer.spans[batch["span"]][0])
+    ids = trainer.predictor.references(batch, window).numpy()                   # [2B, K]
+    query_sample = batch["sample"].repeat_interleave(2).numpy()
+    B = batch["tokens"].shape[0]
+    if place == "faiss":   # L2 keys rank by decay-weighted mismatches at the observed sites of the key range
+        key_start, key_end = trainer.retriever.key_ranges[window]
+        sites = batch["context_sites"].numpy()
+        inside = (sites >= key_start) & (sites < key_end)
+        query = batch["context_tokens"].reshape(2 * B, -1).numpy()[:, inside]                 # [2B, n]
+        scales = site_scales(trainer.data.windows[window], (key_start, key_end), trainer.config.retrieval.key_decay)
+        weight = scales[sites[inside] - key_start] ** 2
+        panel = trainer.data.ref_tokens_T[:, sites[inside]]                                   # [H, n]
+        mismatches = ((panel[None] != query[:, None]) & (query[:, None] != MASK)) @ weight    # [2B, H]
+        mismatches[np.arange(2 * B)[:, None], 2 * query_sample[:, None] + np.arange(2)] = np.inf   # own sample
+        found = np.take_along_axis(mismatches, ids, 1)
+        np.testing.assert_allclose(found, np.sort(mismatches, 1)[:, :4], rtol=1e-4)
+    else:
+        reference = trainer.data.reference
+        query = batch["context_tokens"].reshape(2 * B, -1).to(torch.uint8)
+        expected = select_templates(query, reference.by_site.index_select(0, batch["context_sites"]),
+                                    reference.templates(torch.from_numpy(query_sample)), 12)
+        np.testing.assert_array_equal(ids, expected.numpy())
+        assert not (ids // 2 == query_sample[:, None]).any()
