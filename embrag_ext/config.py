@@ -144,7 +144,7 @@ class RetrievalConfig:
     index: str = "Flat"        # FAISS index factory string
     refresh: str = "epoch"
     keys: str = "l2"           # "l2" or "learned"
-    key_sites: int = 24        # learned keys: observed sites on each side of the focus (2x this many dims)
+    key_sites: int = 48        # learned keys: observed sites on each side of the focus (2x this many dims)
     key_negatives: int = 16    # learned keys: hard negatives mined per query
     key_weight: float = 1.0    # learned keys: weight of the contrastive loss
 

@@ -9,7 +9,10 @@ similarity itself is learned, so a refresh matters.
 
 The key of a haplotype over a *focus* (a window, or a stretch of observed
 sites when choosing copying templates) is a vector of ``2 * R`` numbers
-(``R = sites_per_side``, a few dozen dims in all): one slot per observed site
+(``R = sites_per_side``, default 48: 96 dims; at an array of 1 site in 20
+that covers the L2 keys' flanks, 768 sites a side, where R = 24 left the
+learned keys fewer sites than the L2 keys and measurably worse neighbours,
+benchmarks/bench_keys.py): one slot per observed site
 among the R nearest on each side of the focus's centre (slot by signed rank,
 so the same slot means "the i-th observed site left of the centre" whatever
 the array's density), holding a learned value of the allele there:
@@ -101,7 +104,7 @@ def slots(sites: np.ndarray, focus: Tuple[int, int], per_side: int) -> np.ndarra
 class KeyEncoder(nn.Module):
     """The learned key of a haplotype's observed alleles around a focus (see module doc)."""
 
-    def __init__(self, sites_per_side: int = 24, decay: float = 128.0, hidden: int = 32):
+    def __init__(self, sites_per_side: int = 48, decay: float = 128.0, hidden: int = 32):
         super().__init__()
         self.per_side = sites_per_side
         self.decay = decay
