@@ -38,6 +38,7 @@ class Checkpoint:
     train_samples: List[str] = dataclasses.field(default_factory=list)
     val_samples: List[str] = dataclasses.field(default_factory=list)
     array_positions: Optional[np.ndarray] = None   # int64: the array's sites (array-aware training)
+    keys: Optional[Dict[str, Any]] = None          # learned keys: live and snapshot key encoders
 
 
 def write_checkpoint(path: str, checkpoint: Checkpoint) -> None:

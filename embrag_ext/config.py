@@ -30,6 +30,7 @@ AMP_CHOICES = ("auto", "bf16", "off")   # --amp: bf16 autocast where it is fast,
 
 
 MULTIALLELIC_MODES = ("skip", "split")
+KEY_KINDS = ("l2", "learned")
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,29 @@ class RetrievalConfig:
 
     refresh: ``"fixed"`` (option A: keys encoded once, no gradient into the
     reference side), ``"epoch"`` or a number of steps (option B).
+
+    keys: ``"l2"`` (the flattened embeddings of observed sites, retrieval.py)
+    or ``"learned"`` (learned_keys.py: a key encoder of 2 * key_sites dims
+    trained with a contrastive loss of weight key_weight against key_negatives
+    hard negatives mined from the index), for the FAISS neighbours and for the
+    choice of copying templates (CopyConfig.templates > 0).
     """
     k: int = 8                 # neighbours per haplotype
     key_flank: int = 768       # sites compared on each side of a window
     key_decay: float = 128.0   # flank site weight exp(-d / decay); 0: all weigh 1
     index: str = "Flat"        # FAISS index factory string
     refresh: str = "epoch"
+    keys: str = "l2"           # "l2" or "learned"
+    key_sites: int = 48        # learned keys: observed sites on each side of the focus (2x this many dims)
+    key_negatives: int = 16    # learned keys: hard negatives mined per query
+    key_weight: float = 1.0    # learned keys: weight of the contrastive loss
 
     def __post_init__(self):
         _require(self.k >= 1, f"--k {self.k}: must be >= 1")
+        _require(self.keys in KEY_KINDS, f"--keys {self.keys!r}: expected one of {', '.join(KEY_KINDS)}")
+        _require(self.key_sites >= 1, f"--key-sites {self.key_sites}: must be >= 1")
+        _require(self.key_negatives >= 1, f"--key-negatives {self.key_negatives}: must be >= 1")
+        _require(self.key_weight >= 0, f"--key-weight {self.key_weight}: must be >= 0")
         _require(self.key_flank >= 0, f"--key-flank {self.key_flank}: must be >= 0")
         _require(self.key_decay >= 0, f"--key-decay {self.key_decay}: must be >= 0")
         self.refresh_every  # validates the refresh policy

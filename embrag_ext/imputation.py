@@ -22,6 +22,7 @@ from .checkpoint import Checkpoint
 from .dataset import SpanBatches, loader
 from .errors import InputError
 from .genetic_map import genetic_positions
+from .learned_keys import attach_learned_keys
 from .masking import MaskConfig
 from .model import ImputationModel
 from .panel import Panel
@@ -90,6 +91,9 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
         retriever.load_state_dict(checkpoint.retriever)
     predictor = Predictor(model, config, PanelSites(panel.af, panel.variant_type, device), reference, windows,
                           retriever, autocast=use_autocast(amp, device))
+    keys = attach_learned_keys(config, panel.af, windows, device, predictor, retriever)
+    if keys is not None:
+        keys.load_state_dict(checkpoint.keys)
     groups = chunk_spans(windows, typed, CHUNK_OBSERVED_SITES)
     spans = np.array([[windows[g[0], 0], windows[g[-1], 1]] for g in groups])
     context = config.copying.context_sites if model.copying is not None else max(1, config.retrieval.key_flank)

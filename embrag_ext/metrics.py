@@ -233,3 +233,35 @@ def _haploid_as_homozygous(piece: Dict[str, np.ndarray]) -> Dict[str, np.ndarray
     absent[:, 1] = truth[:, 1] == ABSENT_ALLELE
     return {**piece, "absent": absent, "truth": np.where(absent, truth[:, :1], truth),
             "prob": np.where(absent, prob[:, :1], prob)}
+
+
+def retrieval_utility(ids: np.ndarray, ref_alleles: np.ndarray, truth: np.ndarray,
+                      maf: np.ndarray) -> Dict[str, float]:
+    """How useful retrieved references are at the sites a query did not observe.
+
+    ids int [Q, K]: retrieved panel rows per query (-1 = none); ref_alleles uint8
+    [H, n]: every panel haplotype's alleles at the query's n masked sites; truth
+    [Q, n]: the query's true alleles there (values > 1 = unknown, skipped); maf [n].
+
+    - ``carried``: share of masked alleles carried by at least one of the K;
+    - ``carried_alt``, ``carried_rare_alt``: the same for ALT alleles, and ALT
+      alleles at sites of MAF < RARE_MAF (where a template is hard to find);
+    - ``agreement``: mean share of masked alleles that a retrieved reference
+      carries (over queries, references and sites).
+    Also the counts they are taken over (``alleles``, ``alt_alleles``, ``rare_alt_alleles``).
+    """
+    ids = np.asarray(ids)
+    truth = np.asarray(truth)
+    known = truth <= 1                                                          # [Q, n]
+    present = ids >= 0                                                          # [Q, K]
+    retrieved = ref_alleles[np.maximum(ids, 0)]                                 # [Q, K, n]
+    match = (retrieved == truth[:, None, :]) & present[:, :, None]             # [Q, K, n]
+    carried = match.any(1) & known                                              # [Q, n]
+    alt = known & (truth == 1)
+    rare_alt = alt & (np.asarray(maf)[None, :] < RARE_MAF)
+    n_present = present.sum(1)                                                  # [Q]
+    agree = (match.sum(1) * known).sum(1) / np.maximum(n_present * known.sum(1), 1)   # [Q]
+    share = lambda mask: float(carried[mask].mean()) if mask.any() else float("nan")
+    return {"carried": share(known), "carried_alt": share(alt), "carried_rare_alt": share(rare_alt),
+            "agreement": float(agree[(n_present > 0) & known.any(1)].mean()) if known.any() else float("nan"),
+            "alleles": int(known.sum()), "alt_alleles": int(alt.sum()), "rare_alt_alleles": int(rare_alt.sum())}

@@ -117,6 +117,7 @@ class Predictor:
                  autocast: bool = False):
         self.model, self.config, self.sites, self.autocast = model, config, sites, autocast
         self.reference, self.windows, self.retriever = reference, np.asarray(windows), retriever
+        self.keys = None     # learned keys (learned_keys.LearnedKeys): they choose the templates when set
 
     @property
     def device(self) -> torch.device:
@@ -167,24 +168,44 @@ class Predictor:
         batch's own samples when they are panel samples (as targets are not)."""
         sites = self.sites.window(start, end)
         offset = batch["start"]
-        truth = batch["haplotypes"][..., start - offset:end - offset].to(self.device)     # [B, 2, L]
-        in_panel = (batch["sample"] >= 0).to(self.device)[:, None, None]                  # [B, 1, 1]
+        # a rank's share of a batch (distributed.py) leaves the whole batch out
+        truth = batch.get("batch_haplotypes", batch["haplotypes"])[..., start - offset:end - offset].to(self.device)
+        in_panel = (batch.get("batch_sample", batch["sample"]) >= 0).to(self.device)[:, None, None]   # [B, 1, 1]
         own_alt = ((truth == 1) & in_panel).sum((0, 1)).float()                           # [L]
         own_alleles = ((truth != MASK) & in_panel).sum((0, 1)).float()
         n = float(self.reference.n_present)
         af = (sites.af * n - own_alt) / (n - own_alleles).clamp_min(1)
         return sites._replace(af=af.clamp(0, 1))
 
-    def _posterior(self, batch: Dict[str, torch.Tensor], query_sample: torch.Tensor):
-        """(context, templates [N, K], posterior [N, M, K]) of the batch's 2B query haplotypes."""
-        context = Context(batch["context_sites"].numpy(), self.reference.cm)
+    @torch.no_grad()
+    def references(self, batch: Dict[str, torch.Tensor], window: int) -> torch.Tensor:
+        """int64 [2B, K]: the panel haplotypes that a window's 2B query haplotypes draw
+        on (-1 = none): the FAISS neighbours (copying off), else the copying templates
+        (every allowed panel haplotype, or the ``--templates K`` chosen). For scoring
+        retrieval (benchmarks/bench_keys.py)."""
+        query_sample = batch["sample"].repeat_interleave(2).to(self.device)
+        if self.model.copying is None:
+            return self._search(batch, window, query_sample, batch["tokens"].shape[0]).ids
+        return self._templates(batch, query_sample)[2]
+
+    def _templates(self, batch: Dict[str, torch.Tensor], query_sample: torch.Tensor):
+        """(query [N, M], reference alleles [M, H] at the context's sites, templates [N, K])."""
         sites = batch["context_sites"].to(self.device)
         query = batch["context_tokens"].reshape(len(query_sample), -1).to(self.device, torch.uint8)  # [N, M]
         templates = self.reference.templates(query_sample)                            # [N, H]
         ref_sites = self.reference.by_site.index_select(0, sites)                      # [M, H]
         wanted = self.config.copying.templates
         if 0 < wanted < self.reference.n_haplotypes:
-            templates = select_templates(query, ref_sites, templates, wanted)           # [N, K]
+            if self.keys is not None:
+                templates = self.keys.select(query, ref_sites, templates, wanted, batch["context_sites"].numpy())
+            else:
+                templates = select_templates(query, ref_sites, templates, wanted)       # [N, K]
+        return query, ref_sites, templates
+
+    def _posterior(self, batch: Dict[str, torch.Tensor], query_sample: torch.Tensor):
+        """(context, templates [N, K], posterior [N, M, K]) of the batch's 2B query haplotypes."""
+        context = Context(batch["context_sites"].numpy(), self.reference.cm)
+        query, ref_sites, templates = self._templates(batch, query_sample)
         return context, templates, self.model.copying(query, templates, ref_sites, context.switch_cm)
 
     def _copy_features(self, copying, start: int, end: int) -> CopyFeatures:

@@ -26,7 +26,19 @@ every sample as separate queries. A query from the panel never retrieves its
 own sample's two haplotypes: we search K + 2 and drop them. Distances are
 returned as the weighted count of mismatching observed sites (0 = identical).
 Any FAISS factory string may replace the exact "Flat" index; its recall@K
-against exact search is then measured on every search.
+against exact search is then measured at every refresh, on a sample of panel
+haplotypes as queries (:meth:`Retriever.measure_recall`).
+
+Learned keys (``--keys learned``, learned_keys.py) replace the keys above: the
+retriever then stores, per window, what the key encoder's snapshot gives each
+allele at each key-range site, and asks its ``keys`` object for reference and
+query keys (2 * key_sites dims instead of n_obs * D); distances are returned
+as they are (squared key distances).
+
+Refresh across processes: :meth:`Retriever.refresh` encodes the windows
+through ``encode_windows`` (default: all of them here); distributed.py swaps in
+one that encodes this rank's share and gathers the rest, so every rank
+searches the same index.
 """
 from __future__ import annotations
 
@@ -39,10 +51,19 @@ import torch
 
 from .config import RetrievalConfig
 from .errors import InputError
+from .masking import MaskConfig, array_pattern, rng_for
 from .tokens import ALT, MASK, REF
 from .windows import key_ranges
 
 EncodeFn = Callable[[int], torch.Tensor]  # window -> allele encodings [V, Lk, D] of its key range
+RECALL_WINDOWS = 4        # windows (evenly spaced) of the recall sample at each refresh
+RECALL_QUERIES = 64       # panel haplotypes searched per window of the sample
+RECALL_MASK = MaskConfig(ratio_range=(0.05, 0.05), sporadic_missing=0.0)   # the sample's observed pattern
+
+
+def encode_every_window(encode: EncodeFn, n_windows: int) -> list:
+    """float32 numpy encodings of windows 0..n_windows-1 (one process)."""
+    return [encode(window).float().cpu().numpy() for window in range(n_windows)]
 
 
 class Retriever:
@@ -68,19 +89,30 @@ class Retriever:
         self.k = k
         self.factory = factory
         self.rows = np.arange(len(ref_tokens_T)) if present is None else np.flatnonzero(present)  # indexed rows
-        self.encodings: Optional[list] = None       # per window float32 [V, Lk, D]
+        self.encodings: Optional[list] = None       # per window float32 [V, Lk, D] (learned keys: [V, Lk])
         self._last: Optional[Tuple[int, bytes, faiss.Index]] = None   # (window, pattern, index)
-        self.recall_hits = self.recall_total = 0
+        self.last_recall: Optional[float] = None
+        self.keys = None               # learned keys (learned_keys.RetrieverKeys); None: L2 keys
+        self.encode_windows = encode_every_window   # distributed.py shards this across ranks
         _check_factory(factory)
+
+    @property
+    def approximate(self) -> bool:
+        return self.factory != "Flat"
 
     def refresh(self, encode: EncodeFn) -> float:
         """Re-encode every key range's alleles with ``encode`` and drop the
-        built indexes (rebuilt on the next search). Returns the seconds it took."""
+        built indexes (rebuilt on the next search); with an approximate index,
+        measure its recall@K (:meth:`measure_recall`). Returns the seconds the
+        re-encoding took."""
         began = time.perf_counter()
         with torch.no_grad():
-            self.encodings = [encode(window).float().cpu().numpy() for window in range(len(self.key_ranges))]
+            self.encodings = self.encode_windows(encode, len(self.key_ranges))
         self._last = None
-        return time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        if self.approximate:
+            self.measure_recall()
+        return seconds
 
     def state_dict(self) -> dict:
         return {"encodings": self.encodings}
@@ -99,30 +131,71 @@ class Retriever:
         of ref_tokens_T, -1 = none) and distances float32 [Q, K].
         """
         sites = np.flatnonzero(observed)                                       # [n]
-        encodings = self.encodings[window]                                     # [V, Lk, D]
         index = self._index(window, observed, sites)
-        scales = self.scales[window][sites]                                    # [n]
-        queries = _query_keys(encodings, query_tokens[:, sites], sites, scales)  # [Q, n * D]
+        queries = self.query_keys(window, sites, query_tokens[:, sites])      # [Q, d]
+        ids, dist = self._search(index, queries, query_sample)                # [Q, K]
+        if self.keys is None:
+            encodings = self.encodings[window]
+            mismatch = float(((encodings[ALT, 0] - encodings[REF, 0]) ** 2).sum())
+            dist = dist / max(mismatch, 1e-12)
+        dist = np.where(ids >= 0, dist, 0.0)
+        return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(dist.astype(np.float32))
+
+    def query_keys(self, window: int, sites: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """float32 [Q, d]: keys of query alleles int64 [Q, n] at key-range offsets ``sites``."""
+        if self.keys is not None:
+            return self.keys.query(window, sites, tokens)
+        return _query_keys(self.encodings[window], tokens, sites, self.scales[window][sites])
+
+    def _search(self, index: faiss.Index, queries: np.ndarray,
+                query_sample: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids [Q, K] panel rows, -1 none; squared distances [Q, K]), the query's own sample dropped."""
         n_results = self.k + (2 if (query_sample >= 0).any() else 0)
         dist, ids = index.search(queries, n_results)                            # [Q, K (+2)]
         ids = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)            # index rows -> panel rows
-        ids, dist = _drop_own_sample(ids, dist, query_sample, self.k)         # [Q, K]
-        if self.factory != "Flat":
-            self._count_recall(window, sites, queries, query_sample, n_results, ids)
-        mismatch = float(((encodings[ALT, 0] - encodings[REF, 0]) ** 2).sum())
-        dist = np.where(ids >= 0, dist / max(mismatch, 1e-12), 0.0)
-        return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(dist.astype(np.float32))
+        return _drop_own_sample(ids, dist, query_sample, self.k)
 
     def recall(self) -> Optional[float]:
-        """recall@K of the approximate index against exact search so far (None for Flat)."""
-        return self.recall_hits / self.recall_total if self.recall_total else None
+        """recall@K of the approximate index against exact search at the last
+        refresh (:meth:`measure_recall`); None for Flat or before any."""
+        return self.last_recall
+
+    def measure_recall(self, n_windows: int = RECALL_WINDOWS, n_queries: int = RECALL_QUERIES,
+                       seed: int = 0) -> Optional[float]:
+        """recall@K of this index against exact search (:func:`tied_recall`: the share
+        of the K returned that are as near as the exact K-th), over ``n_queries`` panel haplotypes (their own
+        sample excluded) in ``n_windows`` evenly spaced windows, under an array-like
+        pattern of 5% of the sites. Stored for :meth:`recall`; None for Flat."""
+        if not self.approximate:
+            return None
+        hits = total = 0
+        chosen = np.unique(np.linspace(0, len(self.key_ranges) - 1, n_windows).round().astype(int))
+        for window in chosen:
+            rng = rng_for(seed, int(window), 0x5EC)
+            start, end = (int(x) for x in self.key_ranges[window])
+            observed = array_pattern(end - start, RECALL_MASK, rng)
+            sites = np.flatnonzero(observed)
+            rows = np.sort(rng.choice(self.rows, min(n_queries, len(self.rows)), replace=False))
+            queries = self.query_keys(int(window), sites, self.ref_tokens_T[np.ix_(rows, start + sites)].astype(np.int64))
+            found = self._search(self._index(int(window), observed, sites), queries, rows // 2)[0]
+            refs = self.reference_keys(int(window), sites)
+            exact = faiss.IndexFlatL2(queries.shape[1])
+            exact.add(refs)
+            want_ids, want_dist = self._search(exact, queries, rows // 2)
+            found_keys = refs[np.searchsorted(self.rows, np.maximum(found, 0))]          # [Q, K, d]
+            found_dist = np.where(found >= 0, ((found_keys - queries[:, None]) ** 2).sum(-1), np.inf)
+            window_hits, window_total = tied_recall(found_dist, np.where(want_ids >= 0, want_dist, np.inf))
+            hits, total = hits + window_hits, total + window_total
+        self._last = None
+        self.last_recall = hits / total if total else None
+        return self.last_recall
 
     def _index(self, window: int, observed: np.ndarray, sites: np.ndarray) -> faiss.Index:
         """The window's index under this observed pattern (the last one if they repeat)."""
         pattern = observed.tobytes()
         if self._last is not None and self._last[:2] == (window, pattern):
             return self._last[2]
-        index = _build_index(self.factory, self.reference_keys(window, sites))  # keys [H, n * D]
+        index = build_faiss_index(self.factory, self.reference_keys(window, sites))  # keys [H, n * D]
         self._last = (window, pattern, index)
         return index
 
@@ -131,20 +204,37 @@ class Retriever:
         (key-range offsets)."""
         start = self.key_ranges[window, 0]
         tokens = self.ref_tokens_T[np.ix_(self.rows, start + sites)]            # [R, n]
+        if self.keys is not None:
+            return self.keys.reference(window, self.encodings[window], sites, tokens)
         keys = self.encodings[window][tokens, sites] * self.scales[window][sites, None]  # [H, n, D]
         return np.ascontiguousarray(keys.reshape(len(tokens), -1), dtype=np.float32)
 
-    def _count_recall(self, window: int, sites: np.ndarray, queries: np.ndarray,
-                      query_sample: np.ndarray, n_results: int, found: np.ndarray) -> None:
-        """Add the overlap of ``found`` [Q, K] with the exact top-K to the recall counts."""
-        exact = faiss.IndexFlatL2(queries.shape[1])
-        exact.add(self.reference_keys(window, sites))
-        exact_dist, exact_ids = exact.search(queries, n_results)
-        exact_ids = np.where(exact_ids >= 0, self.rows[np.maximum(exact_ids, 0)], -1)
-        exact_ids = _drop_own_sample(exact_ids, exact_dist, query_sample, self.k)[0]
-        for got, want in zip(found, exact_ids):
-            self.recall_hits += len(np.intersect1d(got[got >= 0], want[want >= 0]))
-            self.recall_total += int((want >= 0).sum())
+
+def tied_recall(found_dist: np.ndarray, exact_dist: np.ndarray) -> Tuple[int, int]:
+    """(hits, total) of recall@K with ties: a returned neighbour is a hit when its
+    true distance is within the exact K-th distance (haplotypes are often identical at
+    the observed sites, and which of tied references exact search returns is arbitrary).
+    found_dist [Q, K]: true distances of the returned neighbours (inf = none);
+    exact_dist [Q, K]: exact search's distances (inf = none)."""
+    hits = total = 0
+    for got, want in zip(found_dist, exact_dist):
+        want = want[np.isfinite(want)]
+        if len(want) == 0:
+            continue
+        bound = want.max() * (1 + 1e-5) + 1e-6
+        hits += min(len(want), int((got <= bound).sum()))
+        total += len(want)
+    return hits, total
+
+
+def overlap_recall(found: np.ndarray, exact: np.ndarray) -> Tuple[int, int]:
+    """(hits, total): how many of the exact top K [Q, K] (-1 = none) the approximate
+    results [Q, K] contain, and how many there were to find."""
+    hits = total = 0
+    for got, want in zip(found, exact):
+        hits += len(np.intersect1d(got[got >= 0], want[want >= 0]))
+        total += int((want >= 0).sum())
+    return hits, total
 
 
 def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: np.ndarray,
@@ -157,21 +247,29 @@ def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: n
 
 
 def _check_factory(factory: str) -> None:
+    name, _, parameters = factory.partition("|")
     try:
-        faiss.index_factory(8, factory)
+        index = faiss.index_factory(8, name)
+        if parameters:
+            faiss.ParameterSpace().set_index_parameters(index, parameters)
     except RuntimeError as error:
-        raise InputError(f"FAISS index factory {factory!r}: {str(error).splitlines()[0]}") from None
+        raise InputError(f"FAISS index {factory!r}: {str(error).strip().splitlines()[-1]}") from None
 
 
-def _build_index(factory: str, keys: np.ndarray) -> faiss.Index:
+def build_faiss_index(factory: str, keys: np.ndarray) -> faiss.Index:
     """A FAISS index over keys [H, d] (trained on them if it needs training;
-    moved to the GPU when this faiss has GPUs)."""
-    index = faiss.index_factory(keys.shape[1], factory)
+    moved to the GPU when this faiss has GPUs). ``factory``: a FAISS index factory
+    string, optionally followed by ``|`` and search parameters in FAISS's
+    ParameterSpace syntax (``IVF64,Flat|nprobe=8``, ``HNSW32|efSearch=64``)."""
+    name, _, parameters = factory.partition("|")
+    index = faiss.index_factory(keys.shape[1], name)
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     if not index.is_trained:
         index.train(keys)
     index.add(keys)
+    if parameters:
+        faiss.ParameterSpace().set_index_parameters(index, parameters)
     return index
 
 

@@ -24,9 +24,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
-from .config import (AMP_CHOICES, MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig, RunConfig, TrainConfig,
-                     add_panel_arguments)
+from .config import (AMP_CHOICES, KEY_KINDS, MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig,
+                     RunConfig, TrainConfig, add_panel_arguments)
 from .errors import InputError, run_cli
 from .masking import MaskConfig
 from .training import train
@@ -69,7 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a flank site at distance d from the window weighs exp(-d / decay) (0: all 1)")
     p.add_argument("--refresh", default=retrieval.refresh,
                    help="'fixed' (option A), 'epoch' or a number of steps (option B)")
-    p.add_argument("--index", default=retrieval.index, help="FAISS index factory string (default exact 'Flat')")
+    p.add_argument("--index", default=retrieval.index, help="FAISS index factory string (default exact 'Flat'; "
+                                                            "e.g. IVF64,Flat or HNSW32: recall@K logged at each refresh)")
+    p.add_argument("--keys", choices=KEY_KINDS, default=retrieval.keys,
+                   help="retrieval keys: l2 (flattened embeddings of observed sites) or learned (a key encoder "
+                        "trained with mined hard negatives), for FAISS neighbours and for --templates K")
+    p.add_argument("--key-sites", type=int, default=retrieval.key_sites,
+                   help="learned keys: observed sites on each side of the focus (keys of 2x this many dims)")
+    p.add_argument("--key-negatives", type=int, default=retrieval.key_negatives,
+                   help="learned keys: hard negatives mined from the index per query")
+    p.add_argument("--key-weight", type=float, default=retrieval.key_weight,
+                   help="learned keys: weight of their contrastive loss")
     p.add_argument("--epochs", type=int, default=training.epochs)
     p.add_argument("--steps-per-epoch", type=int, default=training.steps_per_epoch,
                    help="batches per epoch, drawn at random from all (window, samples) batches; 0 = all")
@@ -129,7 +140,9 @@ def run_config(options: argparse.Namespace) -> RunConfig:
         model=ModelConfig(mode=options.mode, dim=options.dim, layers=options.layers, heads=options.heads,
                           max_window=options.window, half_width=options.half_width),
         retrieval=RetrievalConfig(k=options.k, key_flank=options.key_flank, key_decay=options.key_decay,
-                                  index=options.index, refresh=options.refresh),
+                                  index=options.index, refresh=options.refresh, keys=options.keys,
+                                  key_sites=options.key_sites, key_negatives=options.key_negatives,
+                                  key_weight=options.key_weight),
         train=TrainConfig(epochs=options.epochs, steps_per_epoch=options.steps_per_epoch,
                           batch_size=options.batch_size, windows_per_step=options.windows_per_step,
                           lr=options.lr, seed=options.seed,
@@ -162,8 +175,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     else:
         config, checkpoint = run_config(options), None
         out_dir = options.out or os.path.join("runs", f"{options.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    history = train(config, out_dir, resume=checkpoint)
-    print(f"checkpoint and metrics in {out_dir}")
+    with distributed.session(config.train.device) as trainer_class:     # torchrun: DDP across processes
+        history = train(config, out_dir, resume=checkpoint, trainer_class=trainer_class)
+        print(f"checkpoint and metrics in {out_dir}")
     return history
 
 

@@ -35,6 +35,7 @@ from .config import RunConfig
 from .dataset import SpanBatches, loader, split_samples
 from .demo import demo_cohort
 from .genetic_map import genetic_positions
+from .learned_keys import attach_learned_keys
 from .masking import MaskConfig
 from .metrics import hidden_site_scores
 from .model import ImputationModel
@@ -89,18 +90,26 @@ class Trainer:
         self.predictor = Predictor(self.model, config, self.data.sites, self.data.reference,
                                    self.data.windows, self.retriever,
                                    autocast=use_autocast(config.train.amp, self.device))
+        self.keys = attach_learned_keys(config, self.data.panel.af, self.data.windows, self.device,
+                                        self.predictor, self.retriever, self.optimizer)   # --keys learned
         self.epoch, self.step, self.history = 0, 0, []
         self.refresh_seconds = 0.0
 
     def refresh(self, why: str) -> None:
-        """Re-encode the reference keys with the current embedding (logged, timed)."""
+        """Re-encode the reference keys with the current embedding, or the learned
+        key encoder (logged, timed, with the approximate index's recall@K)."""
+        if self.keys is not None:
+            self.refresh_seconds += self.keys.refresh()
         if self.retriever is None:
             return
         data = self.data
-        encode = key_encoder(self.model, data.sites, data.windows, self.retriever.key_ranges)
+        encode = (key_encoder(self.model, data.sites, data.windows, self.retriever.key_ranges) if self.keys is None
+                  else self.keys.window_encoder(self.retriever.key_ranges))
         seconds = self.retriever.refresh(encode)
         self.refresh_seconds += seconds
-        note(f"refreshed reference keys of {len(data.windows)} windows ({why}) in {seconds:.3f}s")
+        recall = self.retriever.recall()
+        recall = "" if recall is None else f", recall@{self.retriever.k} {recall:.3f} against exact search"
+        note(f"refreshed reference keys of {len(data.windows)} windows ({why}) in {seconds:.3f}s{recall}")
 
     def train_epoch(self) -> float:
         """One epoch over (window, sample batches); returns the mean loss."""
@@ -160,7 +169,15 @@ class Trainer:
         losses = [masked_loss(hap_logits, gt_logits, window_slice(batch, *self.data.windows[window]))
                   for window, (hap_logits, gt_logits) in self.predictor.span_logits(
                       batch, windows, self.config.retrieval.detach_reference)]
-        return torch.stack(losses).mean()
+        loss = torch.stack(losses).mean()
+        if self.keys is not None:                                # learned keys: their contrastive loss
+            loss = loss + self.config.retrieval.key_weight * self.key_loss(batch)
+        return loss
+
+    def key_loss(self, batch: Dict[str, torch.Tensor], n_queries: Optional[int] = None) -> torch.Tensor:
+        """The learned keys' contrastive loss of a batch (learned_keys.LearnedKeys.loss)."""
+        key_ranges = None if self.retriever is None else self.retriever.key_ranges
+        return self.keys.loss(batch, self.spans[batch["span"]], self.data.reference, key_ranges, n_queries)
 
     def train_step(self, batch: Dict[str, torch.Tensor]) -> float:
         set_learning_rate(self.optimizer, self.step, self.steps_per_epoch)
@@ -228,6 +245,7 @@ class Trainer:
         write_checkpoint(os.path.join(self.out_dir, CHECKPOINT_NAME), Checkpoint(
             config=self.config, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             retriever=self.retriever.state_dict() if self.retriever else None,
+            keys=self.keys.state_dict() if self.keys is not None else None,
             epoch=self.epoch, step=self.step, history=self.history,
             train_samples=[data.panel.samples[i] for i in data.train],
             val_samples=[data.panel.samples[i] for i in data.val],
@@ -244,14 +262,18 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         if self.retriever is not None:
             self.retriever.load_state_dict(checkpoint.retriever)
+        if self.keys is not None:
+            self.keys.load_state_dict(checkpoint.keys)
         self.epoch, self.step, self.history = checkpoint.epoch, checkpoint.step, checkpoint.history
 
 
-def train(config: RunConfig, out_dir: str, resume: Optional[Checkpoint] = None) -> List[dict]:
+def train(config: RunConfig, out_dir: str, resume: Optional[Checkpoint] = None,
+          trainer_class: Optional[type] = None) -> List[dict]:
     """Train (or, from ``resume``, continue) the run ``config`` describes;
-    checkpoints and metrics go to ``out_dir``. Returns the per-epoch records."""
+    checkpoints and metrics go to ``out_dir``. Returns the per-epoch records.
+    ``trainer_class``: a Trainer subclass (distributed.py's, under torchrun)."""
     os.makedirs(out_dir, exist_ok=True)
-    trainer = Trainer(config, out_dir)
+    trainer = (trainer_class or Trainer)(config, out_dir)
     if resume is not None:
         trainer.load(resume)
     copying = "off" if trainer.model.copying is None else trainer.model.copying.describe()
