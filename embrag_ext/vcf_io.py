@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gzip
 import itertools
 import os
@@ -41,7 +42,13 @@ GZIP_MAGIC = b"\x1f\x8b"
 BCF_MAGIC = b"BCF\x02"
 
 # cyvcf2 links htslib statically and exports its symbols.
-_HTSLIB = ctypes.CDLL(cyvcf2.cyvcf2.__file__)
+_HTSLIB = ctypes.CDLL(cyvcf2.cyvcf2.__file__, use_errno=True)
+
+
+def _htslib_write_error(path: str) -> OSError:
+    """The OSError of a failed htslib write, with the C errno (e.g. ENOSPC, EFBIG) when it set one."""
+    code = ctypes.get_errno() or errno.EIO
+    return OSError(code, os.strerror(code), path)
 
 
 @contextlib.contextmanager
@@ -81,19 +88,19 @@ class BgzfWriter:
     def write(self, text: str) -> None:
         data = text.encode()
         if _HTSLIB.bgzf_write(self._handle, data, len(data)) != len(data):
-            raise OSError(f"{self.path}: write failed (disk full?)")
+            raise _htslib_write_error(self.path)
 
     def end_block(self) -> None:
         """End the current BGZF block (after a VCF header, as htslib does: the
         header then sits in blocks of its own, which ``bcftools concat --naive`` needs)."""
         if _HTSLIB.bgzf_flush(self._handle) != 0:
-            raise OSError(f"{self.path}: write failed (disk full?)")
+            raise _htslib_write_error(self.path)
 
     def close(self) -> None:
         if self._handle:
             handle, self._handle = self._handle, None
             if _HTSLIB.bgzf_close(handle) != 0:
-                raise OSError(f"{self.path}: closing the bgzip stream failed (disk full?)")
+                raise _htslib_write_error(self.path)
 
 
 def build_index(path: str, csi: bool) -> None:

@@ -5,7 +5,7 @@ Output format follows the file name: ``.vcf.gz`` / ``.vcf.bgz`` (bgzip, with a
 are formatted here as text: bgzipped by the htslib inside cyvcf2 (with
 ``threads`` compression threads), plain text as is, and parsed into BCF by
 cyvcf2 for ``.bcf``. Every output is written to a temporary file in the output
-directory, indexed and renamed into place at the end (:func:`atomic_output`):
+directory, indexed and renamed into place at the end (atomic.py's :func:`atomic_output`):
 a failed run never leaves a half-written output.
 
 Imputed output follows Beagle 5 / Minimac4: FORMAT GT (phased), DS, GP; INFO
@@ -31,13 +31,13 @@ import contextlib
 import datetime
 import gzip
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cyvcf2
 import numpy as np
 
+from .atomic import atomic_output, check_writable_directory, output_directory
 from .errors import InputError
 from .panel import present_haplotypes
 from .tokens import MASK
@@ -82,14 +82,10 @@ def sibling_path(vcf_path: str, suffix: str) -> str:
     return vcf_path + suffix
 
 
-def check_output_path(out_path: str) -> None:
+def check_output_path(out_path: str, flag: str = "--out") -> None:
     """InputError unless ``out_path`` has a VCF/BCF name in an existing, writable directory."""
     output_format(out_path)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(directory):
-        raise InputError(f"{out_path}: output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise InputError(f"{out_path}: output directory {directory} is not writable")
+    check_writable_directory(output_directory(out_path), f"{flag} {out_path}")
 
 
 def _header(chrom: str, samples: Sequence[str], lines: Sequence[str]) -> str:
@@ -101,37 +97,6 @@ def _header(chrom: str, samples: Sequence[str], lines: Sequence[str]) -> str:
                       "##source=embrag_ext",
                       f"##contig=<ID={chrom}>",
                       *lines, columns]) + "\n"
-
-
-def _default_file_mode() -> int:
-    """The mode a newly created file gets under the current umask (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextlib.contextmanager
-def atomic_output(out_path: str, companions: Sequence[str] = ()) -> Iterator[str]:
-    """Yield a temporary path in ``out_path``'s directory; when the block
-    completes without error it becomes ``out_path`` (and ``temp + suffix``
-    becomes ``out_path + suffix`` for each companion suffix, e.g. an index).
-    On error nothing is left behind."""
-    out_path = os.fspath(out_path)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(directory):
-        raise InputError(f"{out_path}: output directory {directory} does not exist")
-    handle, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(out_path)}.", suffix=".tmp", dir=directory)
-    os.close(handle)
-    temps = [temp_path] + [temp_path + suffix for suffix in companions]
-    try:
-        yield temp_path
-        os.chmod(temp_path, _default_file_mode())
-        for temp, final in zip(temps, [out_path] + [out_path + suffix for suffix in companions]):
-            os.replace(temp, final)
-    finally:
-        for leftover in temps:
-            if os.path.exists(leftover):
-                os.remove(leftover)
 
 
 class _RecordSink:
