@@ -40,16 +40,17 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .atomic import atomic_output
+from .checkpoint import check_model_weights, check_panel, load_checkpoint
 from .config import DataConfig, add_panel_arguments
 from .errors import InputError, run_cli
-from .imputation import check_panel, impute_haplotypes, warn_if_other_array
+from .imputation import impute_haplotypes, warn_if_other_array
 from .model_cache import cached_checkpoint
 from .panel_vcf import load_panel
 from .phasing import PHASER_CHOICES, find_phaser, prephase
 from .qc import QCThresholds
 from .targets import Targets, load_targets
-from .vcf_writer import (OUTSIDE_SPAN, atomic_output, check_output_path, imputed_sites, info_file_text,
+from .vcf_writer import (OUTSIDE_SPAN, check_output_path, imputed_sites, info_file_text,
                          sibling_path, write_gzip_text, write_imputed_sites)
 
 DEFAULT_FLANK = 50_000
@@ -122,6 +123,7 @@ def load_inputs(args: argparse.Namespace, thresholds: QCThresholds):
     targets = load_targets(args.targets, panel, thresholds=thresholds, allow_unphased=args.phaser != "none")
     if checkpoint is None:
         checkpoint = cached_checkpoint(args.panel, data, panel, targets.typed, args.device)
+    check_model_weights(checkpoint, f"--checkpoint {args.checkpoint}" if args.checkpoint else "the cached model")
     check_panel(panel, checkpoint)
     warn_if_other_array(checkpoint, panel, targets.typed)
     return checkpoint, panel, targets
