@@ -62,7 +62,7 @@ def write_failed(out_path: str, error: OSError) -> InputError:
     return InputError(f"{out_path}: cannot write the output ({reason}); nothing was written there")
 
 
-def _sync(path: str, directory: bool = False) -> None:
+def sync(path: str, directory: bool = False) -> None:
     """fsync a file, or a directory's entries."""
     handle = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -76,8 +76,9 @@ def atomic_output(out_path: str, companions: Sequence[str] = ()) -> Iterator[str
     """Yield a temporary path in ``out_path``'s directory; when the block
     completes without error it is synced to disk and becomes ``out_path``
     (and ``temp + suffix`` becomes ``out_path + suffix`` for each companion
-    suffix, e.g. an index). On error nothing is left behind; an OSError in the
-    block (disk full, file-size limit) becomes :func:`write_failed`'s InputError."""
+    suffix, e.g. an index, renamed first: ``out_path`` appears last). On error
+    nothing is left behind; an OSError in the block (disk full, file-size
+    limit) becomes :func:`write_failed`'s InputError."""
     out_path = os.fspath(out_path)
     directory = output_directory(out_path)
     try:
@@ -91,13 +92,14 @@ def atomic_output(out_path: str, companions: Sequence[str] = ()) -> Iterator[str
         try:
             yield temp_path
             for temp in temps:
-                _sync(temp)
+                sync(temp)
         except OSError as error:
             raise write_failed(out_path, error) from None
         os.chmod(temp_path, default_file_mode())
-        for temp, final in zip(temps, [out_path] + [out_path + suffix for suffix in companions]):
+        finals = [out_path] + [out_path + suffix for suffix in companions]
+        for temp, final in reversed(list(zip(temps, finals))):
             os.replace(temp, final)
-        _sync(directory, directory=True)
+        sync(directory, directory=True)
     finally:
         for leftover in temps:
             if os.path.exists(leftover):

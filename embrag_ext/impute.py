@@ -15,7 +15,8 @@ What it does, in order:
    typed sites as its array, or reuses the one trained before for the same
    panel file, options and typed sites (model_cache.py); then imputes every
    panel site (imputation.py); typed alleles are kept as given;
-5. writes, each atomically and only once everything has worked:
+5. writes, each atomically and only once everything has worked (the VCF
+   renamed into place last, after its index and reports):
    ``<out>`` (GT:DS:GP, INFO AF/DR2 and TYPED or IMP), ``<name>.info.gz``
    (Minimac-style per-site quality, every panel site), ``<name>.qc.json``
    (QC counts, thresholds, call rates, phasing and imputation summaries) and
@@ -160,14 +161,11 @@ def imputation_section(args, panel, targets: Targets, span, status: np.ndarray) 
             "dropped_below_min_dr2": int(np.char.startswith(status.astype(str), "DR2<").sum())}
 
 
-def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: np.ndarray) -> np.ndarray:
-    """The info file and the QC report, then the VCF; the first ones are renamed
-    into place after the VCF, so a failure leaves none of them."""
-    span = impute_span(args, panel, targets)
-    sites = imputed_sites(panel, alt_prob, targets.typed, targets.haplotypes, targets.ploidy, args.min_dr2, span)
-    targets.qc.sections["imputation"] = imputation_section(args, panel, targets, span, sites.status)
-    paths = {"info": sibling_path(args.out, ".info.gz"), "json": sibling_path(args.out, ".qc.json"),
-             "tsv": sibling_path(args.out, ".qc.tsv")}
+def write_reports(out: str, panel, targets: Targets, sites) -> None:
+    """The info file and the QC report (.qc.json, .qc.tsv) of the VCF ``out``,
+    each written atomically; a failure leaves none of them."""
+    paths = {"info": sibling_path(out, ".info.gz"), "json": sibling_path(out, ".qc.json"),
+             "tsv": sibling_path(out, ".qc.tsv")}
     with contextlib.ExitStack() as outputs:
         temps = {name: outputs.enter_context(atomic_output(path)) for name, path in paths.items()}
         write_gzip_text(temps["info"], info_file_text(panel, sites))
@@ -175,7 +173,18 @@ def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: n
             handle.write(targets.qc.json_text())
         with open(temps["tsv"], "w") as handle:
             handle.write(targets.qc.tsv_text())
-        write_imputed_sites(args.out, panel, targets.samples, sites, args.threads)
+
+
+def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: np.ndarray) -> np.ndarray:
+    """The VCF and its reports. The reports are written once the VCF (and its
+    index) are complete, and renamed into place before it: a failure leaves none
+    of the files, and a run killed at any moment leaves no VCF or a complete one
+    with its index and reports."""
+    span = impute_span(args, panel, targets)
+    sites = imputed_sites(panel, alt_prob, targets.typed, targets.haplotypes, targets.ploidy, args.min_dr2, span)
+    targets.qc.sections["imputation"] = imputation_section(args, panel, targets, span, sites.status)
+    write_imputed_sites(args.out, panel, targets.samples, sites, args.threads,
+                        before_commit=lambda: write_reports(args.out, panel, targets, sites))
     return sites.status
 
 

@@ -32,12 +32,12 @@ import datetime
 import gzip
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import cyvcf2
 import numpy as np
 
-from .atomic import atomic_output, check_writable_directory, output_directory
+from .atomic import atomic_output, check_writable_directory, output_directory, sync
 from .errors import InputError
 from .panel import present_haplotypes
 from .tokens import MASK
@@ -124,9 +124,11 @@ class _RecordSink:
 
 
 @contextlib.contextmanager
-def _vcf_writer(out_path: str, header: str, threads: int = 1) -> Iterator[_RecordSink]:
+def _vcf_writer(out_path: str, header: str, threads: int = 1,
+                before_commit: Optional[Callable[[], None]] = None) -> Iterator[_RecordSink]:
     """A record sink on a temporary file that becomes ``out_path`` (and its
-    index) only when the block completes without error."""
+    index) only when the block completes without error; ``before_commit`` runs
+    once the file and its index are complete, before they are renamed."""
     out_path = os.fspath(out_path)
     mode, index_suffix = output_format(out_path)
     with atomic_output(out_path, [index_suffix] if index_suffix else []) as temp_path:
@@ -137,6 +139,10 @@ def _vcf_writer(out_path: str, header: str, threads: int = 1) -> Iterator[_Recor
             sink.close()
         if index_suffix:
             build_index(temp_path, csi=index_suffix == ".csi")
+        if before_commit is not None:
+            for path in [temp_path] + ([temp_path + index_suffix] if index_suffix else []):
+                sync(path)            # on disk before what goes with it is committed
+            before_commit()
 
 
 def _record_lines(chrom: str, positions: np.ndarray, ref: Sequence[str], alt: Sequence[str],
@@ -341,10 +347,11 @@ def imputed_sites(panel, alt_prob: np.ndarray, typed: Optional[np.ndarray] = Non
 
 
 def write_imputed_sites(out_path: str, panel, sample_names: Sequence[str], sites: ImputedSites,
-                        threads: int = 1) -> None:
+                        threads: int = 1, before_commit: Optional[Callable[[], None]] = None) -> None:
     """Write the PASS sites of ``sites`` (GT allele = P(ALT) > 0.5; DS = p1 + p2;
     GP = ((1-p1)(1-p2), p1(1-p2) + (1-p1)p2, p1 p2); INFO AF = mean P(ALT)
-    over haplotypes, DR2 = :func:`_dosage_r2`)."""
+    over haplotypes, DR2 = :func:`_dosage_r2`). ``before_commit`` runs once the
+    VCF and its index are complete, before they are renamed into place."""
     if sites.quantized.shape[1] != 2 * len(sample_names):
         raise ValueError(f"alt_prob shape {sites.quantized.shape} != (panel sites {panel.n_sites}, "
                          f"2 * samples {2 * len(sample_names)})")
@@ -354,7 +361,7 @@ def write_imputed_sites(out_path: str, panel, sample_names: Sequence[str], sites
     fields = _SampleFields()
     header = _header(panel.chrom, sample_names, _IMPUTED_HEADER_LINES)
     written = np.flatnonzero(sites.status == "PASS")
-    with _vcf_writer(out_path, header, threads) as sink:
+    with _vcf_writer(out_path, header, threads, before_commit) as sink:
         for start in range(0, len(written), _CHUNK):
             part = written[start:start + _CHUNK]
             sink.write_lines(_record_lines(panel.chrom, panel.positions[part], panel.ref[part], panel.alt[part],
