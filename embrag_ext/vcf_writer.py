@@ -402,6 +402,6 @@ def info_file_text(panel, sites: ImputedSites) -> str:
 
 
 def write_gzip_text(path: str, text: str) -> None:
-    """``text`` gzipped (no timestamp: the same text gives the same bytes)."""
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+    """``text`` gzipped (no timestamp, no file name: the same text gives the same bytes)."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as handle:
         handle.write(text.encode())
