@@ -14,6 +14,7 @@ ignores SIGXFSZ, so a write past it fails with EFBIG as on a full disk).
 """
 import ctypes
 import dataclasses
+import gzip
 import os
 import re
 import resource
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cyvcf2
 import pytest
 import torch
 
@@ -87,6 +89,15 @@ ROWS = [
         "{unphased_call}: record 1:200: unphased genotype for sample s2"),
     Row("train", "panel sample haploid at one site, diploid at another", TRAIN.replace("{panel}", "{ploidy}"),
         "{ploidy}: record 1:200: sample s1 has a haploid call here and diploid calls before"),
+    Row("train", "panel with an empty line or a missing column", TRAIN.replace("{panel}", "{broken_line}"),
+        "{broken_line}: a broken record after record 1:100 (an empty line, a missing column or a position that is "
+        "not a number)"),
+    Row("train", "panel record cut short before its genotypes", TRAIN.replace("{panel}", "{cut_record}"),
+        "{cut_record}: record 1:200: cannot read its genotypes"),
+    Row("train", "panel BCF record damaged", TRAIN.replace("{panel}", "{damaged_bcf}"),
+        "{damaged_bcf}: BCF record 1 is damaged (its genotypes cannot be read)"),
+    Row("train", "panel sample name not UTF-8", TRAIN.replace("{panel}", "{latin1_sample}"),
+        "{latin1_sample}: sample name '\\udce9' in the header is not printable UTF-8 text"),
     Row("train", "panel without samples (sites only)", TRAIN.replace("{panel}", "{sites_only}"),
         "{sites_only}: the panel has no samples"),
     Row("train", "--region outside the panel", TRAIN + " --region 1:900000000-900000001",
@@ -235,9 +246,11 @@ ROWS = [
 
 # ---- the bad files ----------------------------------------------------------
 
+COLUMNS = "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT"
+
+
 def text_vcf(path, records, samples=("s1", "s2"), header=HEADER):
-    columns = "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO"]
-                        + (["FORMAT", *samples] if samples else []))
+    columns = COLUMNS + "".join(f"\t{name}" for name in samples) if samples else COLUMNS[:-len("\tFORMAT")]
     Path(path).write_text(header + columns + "\n" + "".join(line + "\n" for line in records))
     return str(path)
 
@@ -261,6 +274,26 @@ def corrupt_bgzip(work, good):
     data[middle:middle + 64] = bytes(64)
     (work / "corrupt.vcf.gz").write_bytes(bytes(data))
     return str(work / "corrupt.vcf.gz")
+
+
+def damaged_bcf(work, good):
+    """An uncompressed BCF whose first record's GT says zero values per sample (type byte 0x21 -> 0x01)."""
+    compressed = work / "valid.bcf"
+    writer = cyvcf2.Writer.from_string(str(compressed), HEADER + COLUMNS + "\ts1\ts2\n", mode="wb")
+    writer.write_record(writer.variant_from_string(record(100, "A", "G", "0|1", "1|1")))
+    writer.close()
+    raw = gzip.open(compressed, "rb").read()
+    gt_values = b"\x21\x02\x05\x04\x05"          # int8, 2 per sample: 0|1, 1|1
+    assert raw.count(gt_values) == 1
+    (work / "damaged.bcf").write_bytes(raw.replace(gt_values, b"\x01" + gt_values[1:]))
+    os.remove(compressed)
+    return str(work / "damaged.bcf")
+
+
+def latin1_sample(work, good):
+    text = HEADER + COLUMNS + "\ts1\t\u00e9\n" + record(100, "A", "G", "0|1", "1|1") + "\n"
+    (work / "latin1.vcf").write_bytes(text.encode("latin-1"))
+    return str(work / "latin1.vcf")
 
 
 def flipped_checkpoint(work, good):
@@ -350,6 +383,10 @@ MAKERS = {
     "missing_call": small_vcf("missing.vcf", record(100, "A", "G", "0|1", "1|1"), record(200, "C", "T", "0|1", ".|1")),
     "unphased_call": small_vcf("unphased.vcf", record(100, "A", "G", "0|1", "1|1"), record(200, "C", "T", "0|1", "0/1")),
     "ploidy": small_vcf("ploidy.vcf", record(100, "A", "G", "0|1", "1|1"), record(200, "C", "T", "1", "0|1")),
+    "broken_line": small_vcf("broken.vcf", record(100, "A", "G", "0|1", "1|1"), ""),
+    "cut_record": small_vcf("cut_record.vcf", record(100, "A", "G", "0|1", "1|1"), "1\t200\t.\tC\tT\t.\tPASS\t."),
+    "damaged_bcf": damaged_bcf,
+    "latin1_sample": latin1_sample,
     "sites_only": small_vcf("sites.vcf", "\t".join(["1", "100", ".", "A", "G", ".", "PASS", "."]), samples=()),
     "one_site": small_vcf("one_site.vcf", record(100, "A", "G", "0|1", "1|1")),
     "other_contig": small_vcf("contig2.vcf", record(100, "A", "G", "0|1", "1|1", chrom="2")),
