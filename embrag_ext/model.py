@@ -49,15 +49,31 @@ N_CALIBRATION_INPUTS = N_COPY_FEATURES + 2   # and the site's logit(AF) / 8 and 
 
 
 class Sites(NamedTuple):
-    """Per-site inputs of one window: pos_ids int64 [L], af float32 [L], type_ids int64 [L]."""
+    """Per-site inputs of one window: pos_ids int64 [L], af float32 [L], type_ids int64 [L];
+    or of W windows of L sites stacked: af and type_ids [W, L] (pos_ids [L], the same
+    offsets in every window). A model batch of W stacked windows holds its rows
+    window-major: rows w * N .. (w + 1) * N - 1 are window w's N haplotypes."""
     pos_ids: torch.Tensor
     af: torch.Tensor
     type_ids: torch.Tensor
 
+    @property
+    def n_windows(self) -> int:
+        return 1 if self.af.dim() == 1 else self.af.shape[0]
+
+    def of_window(self, window: int) -> "Sites":
+        return self if self.af.dim() == 1 else Sites(self.pos_ids, self.af[window], self.type_ids[window])
+
+    @staticmethod
+    def stack(windows: "list[Sites]") -> "Sites":
+        return Sites(windows[0].pos_ids, torch.stack([w.af for w in windows]),
+                     torch.stack([w.type_ids for w in windows]))
+
 
 class Retrieved(NamedTuple):
     """Neighbours of N query haplotypes: ids int64 [N, K] rows of ref_tokens
-    (-1 none), dist float32 [N, K], ref_tokens uint8 [H, L] (a window slice),
+    (-1 none), dist float32 [N, K], ref_tokens uint8 [H, L] (a window slice;
+    [W, H, L] for W stacked windows, ids then rows of each window's slice),
     bias float32 [N, L, K] the copying posterior's log (None without copying)."""
     ids: torch.Tensor
     dist: torch.Tensor
@@ -77,12 +93,21 @@ class Embedding(nn.Module):
         self.type_table = nn.Parameter(torch.randn(N_VARIANT_TYPES, D) * 0.02)
 
     def forward(self, tokens: torch.Tensor, sites: Sites) -> torch.Tensor:
-        """tokens int64 [N, L] -> [N, L, D]."""
-        return ops.window_embed(tokens, sites.pos_ids, sites.af, sites.type_ids, self.tok_table,
-                                self.pos_table, self.af_proj, self.type_table)
+        """tokens int64 [N, L] -> [N, L, D]. For W stacked windows (rows window-major) one
+        window_embed call embeds every window: each haplotype's W windows laid end to end."""
+        W = sites.n_windows
+        if W == 1:
+            return ops.window_embed(tokens, sites.pos_ids, sites.af, sites.type_ids, self.tok_table,
+                                    self.pos_table, self.af_proj, self.type_table)
+        L = tokens.shape[1]
+        end_to_end = tokens.view(W, -1, L).transpose(0, 1).reshape(-1, W * L)          # [N / W, W * L]
+        h = ops.window_embed(end_to_end, sites.pos_ids.repeat(W), sites.af.reshape(-1),
+                             sites.type_ids.reshape(-1), self.tok_table, self.pos_table, self.af_proj,
+                             self.type_table)                                          # [N / W, W * L, D]
+        return h.view(-1, W, L, h.shape[-1]).transpose(0, 1).reshape(tokens.shape[0], L, -1)
 
     def site_part(self, sites: Sites) -> torch.Tensor:
-        """[L, D]: the embedding without its token row (the same for every haplotype)."""
+        """[L, D]: the embedding without its token row (the same for every haplotype of a window)."""
         zeros = torch.zeros((1, len(sites.pos_ids)), dtype=torch.int64, device=sites.pos_ids.device)
         return self(zeros, sites)[0] - self.tok_table[0]
 
@@ -140,22 +165,27 @@ class EmbeddingFusion(Fusion):
 
     def forward(self, h: torch.Tensor, tokens: torch.Tensor, retrieved: Retrieved, embedding: Embedding,
                 sites: Sites, detach_reference: bool) -> torch.Tensor:
-        """h [N, L, D], tokens int64 [N, L] -> [N, L, D]. The op gets all its
-        floating inputs in one dtype: the autocast dtype under autocast (bf16,
-        accumulated in float32 inside the op), else float32."""
-        tok, site = embedding.tok_table, embedding.site_part(sites)          # [V, D], [L, D]
-        if detach_reference:
-            tok, site = tok.detach(), site.detach()
+        """h [N, L, D], tokens int64 [N, L] -> [N, L, D] (one op call per stacked window).
+        The op gets all its floating inputs in one dtype: the autocast dtype under
+        autocast (bf16, accumulated in float32 inside the op), else float32."""
+        tok = embedding.tok_table.detach() if detach_reference else embedding.tok_table      # [V, D]
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
         w_k, w_v = self.w_k.weight.t(), self.w_v.weight.t()
-        fused = ops.rag_fusion(
-            self.w_q(h).to(dtype), retrieved.ids, retrieved.ref_tokens, (tok @ w_k).to(dtype),
-            (tok @ w_v).to(dtype), (site @ w_v).to(dtype), retrieved.dist.to(dtype),
-            self.beta.to(dtype), tokens, tokens != MASK, self.alpha.to(dtype), self.heads,
-            self.half_width, copy_bias=None if retrieved.bias is None else retrieved.bias.to(dtype),
-            gamma=None if retrieved.bias is None else self.gamma.to(dtype))
-        return self.residual(h, fused)
+        tok_k, tok_v = (tok @ w_k).to(dtype), (tok @ w_v).to(dtype)
+        q = self.w_q(h).to(dtype)
+        W = sites.n_windows
+        fused = []
+        for window, rows in enumerate(torch.arange(h.shape[0], device=h.device).chunk(W)):
+            site = embedding.site_part(sites.of_window(window))                            # [L, D]
+            site = site.detach() if detach_reference else site
+            bias = None if retrieved.bias is None else retrieved.bias[rows].to(dtype)
+            fused.append(ops.rag_fusion(
+                q[rows], retrieved.ids[rows], retrieved.ref_tokens if W == 1 else retrieved.ref_tokens[window],
+                tok_k, tok_v, (site @ w_v).to(dtype), retrieved.dist[rows].to(dtype), self.beta.to(dtype),
+                tokens[rows], tokens[rows] != MASK, self.alpha.to(dtype), self.heads, self.half_width,
+                copy_bias=bias, gamma=None if bias is None else self.gamma.to(dtype)))
+        return self.residual(h, fused[0] if W == 1 else torch.cat(fused))
 
 
 class TokenFusion(Fusion):
@@ -231,8 +261,14 @@ class ImputationModel(nn.Module):
     def _encode_neighbours(self, retrieved: Retrieved, sites: Sites) -> torch.Tensor:
         """[N, K, L, D]: the neighbours' tokens through embedding and blocks."""
         N, K = retrieved.ids.shape
-        neighbours = retrieved.ref_tokens[retrieved.ids.clamp(min=0).reshape(-1)].long()  # [N*K, L]
-        encoded = self.encode(self.embedding(neighbours, sites))               # [N*K, L, D]
+        ids = retrieved.ids.clamp(min=0)
+        if sites.n_windows == 1:
+            neighbours = retrieved.ref_tokens[ids.reshape(-1)]                            # [N*K, L]
+        else:                                            # each window's rows read its own slice
+            W, H = retrieved.ref_tokens.shape[:2]
+            window = torch.arange(W, device=ids.device).repeat_interleave(N // W)[:, None]  # [N, 1]
+            neighbours = retrieved.ref_tokens.reshape(W * H, -1)[(ids + window * H).reshape(-1)]
+        encoded = self.encode(self.embedding(neighbours.long(), sites))        # [N*K, L, D]
         return encoded.view(N, K, *encoded.shape[1:])
 
 
@@ -243,10 +279,13 @@ def copy_inputs(copy: CopyFeatures) -> torch.Tensor:
 
 
 def calibration_inputs(copy: CopyFeatures, af: torch.Tensor) -> torch.Tensor:
-    """[N, L, N_CALIBRATION_INPUTS]: the copy features and the site's AF [L] features."""
+    """[N, L, N_CALIBRATION_INPUTS]: the copy features and the site's AF features (af [L],
+    or [W, L] for W stacked windows, rows window-major)."""
     af = af.float().clamp(1e-5, 1 - 1e-5)
-    site = torch.stack([torch.logit(af) / 8, torch.minimum(af, 1 - af)], -1)          # [L, 2]
-    inputs = copy_inputs(copy)
+    site = torch.stack([torch.logit(af) / 8, torch.minimum(af, 1 - af)], -1)          # [(W,) L, 2]
+    inputs = copy_inputs(copy)                                                        # [N, L, F]
+    if site.dim() == 3:
+        site = site.repeat_interleave(inputs.shape[0] // site.shape[0], dim=0)          # [N, L, 2]
     return torch.cat([inputs, site.expand(*inputs.shape[:-1], 2)], -1)
 
 

@@ -9,7 +9,7 @@ copying disabled, the neighbours come from FAISS instead (retrieval.py).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,29 @@ from .retrieval import Retriever
 from .tokens import MASK
 
 Logits = Tuple[torch.Tensor, torch.Tensor]   # ALT logits [B, 2, L], genotype logits [B, L, 3]
+MAX_ROWS_PER_CALL = 4096   # haplotype rows (windows x 2B) per model call
+
+
+class WindowInputs(NamedTuple):
+    """The model's inputs for one window: tokens [B, 2, L], sites, retrieved (or None), copy (or None)."""
+    tokens: torch.Tensor
+    sites: Sites
+    retrieved: Optional[Retrieved]
+    copy: Optional[CopyFeatures]
+
+
+def stack_windows(inputs: List[WindowInputs]) -> WindowInputs:
+    """W windows' inputs as one model batch, rows window-major (model.Sites)."""
+    if len(inputs) == 1:
+        return inputs[0]
+    first = inputs[0]
+    cat = lambda tensors: torch.cat(list(tensors))
+    retrieved = None if first.retrieved is None else Retrieved(
+        cat(r.retrieved.ids for r in inputs), cat(r.retrieved.dist for r in inputs),
+        torch.stack([r.retrieved.ref_tokens for r in inputs]),
+        None if first.retrieved.bias is None else cat(r.retrieved.bias for r in inputs))
+    copy = None if first.copy is None else CopyFeatures(*(cat(fields) for fields in zip(*(r.copy for r in inputs))))
+    return WindowInputs(cat(r.tokens for r in inputs), Sites.stack([r.sites for r in inputs]), retrieved, copy)
 
 
 class PanelSites:
@@ -99,26 +122,43 @@ class Predictor:
 
     def span_logits(self, batch: Dict[str, torch.Tensor], windows: Sequence[int],
                     detach_reference: bool = False) -> Iterator[Tuple[int, Logits]]:
-        """(window, logits) for each of ``windows`` (inside the batch's span)."""
+        """(window, logits) for each of ``windows`` (inside the batch's span). Windows of
+        equal length go through the model stacked, up to MAX_ROWS_PER_CALL haplotypes a call."""
         B = batch["tokens"].shape[0]
         query_sample = batch["sample"].repeat_interleave(2).to(self.device)         # [2B]
-        copying = None
-        if self.model.copying is not None:
-            copying = self._posterior(batch, query_sample)
-        span_start = batch["start"]
-        for window in windows:
-            start, end = (int(x) for x in self.windows[window])
-            tokens = batch["tokens"][..., start - span_start:end - span_start].to(self.device)  # [B, 2, L]
-            sites = self._sites(batch, start, end)
-            copy, retrieved = None, None
-            if copying is not None:
-                copy = self._copy_features(copying, start, end)
-                retrieved = Retrieved(copy.ids, -torch.log(copy.mass.clamp_min(1e-9)),
-                                      self.reference.by_haplotype[:, start:end], copy.bias)
-            elif self.retriever is not None:
-                retrieved = self._search(batch, window, query_sample, B)
+        copying = None if self.model.copying is None else self._posterior(batch, query_sample)
+        for group in self._groups(windows, max(1, MAX_ROWS_PER_CALL // (2 * B))):
+            inputs = [self._window_inputs(batch, window, copying, query_sample) for window in group]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                yield window, self.model(tokens, sites, retrieved, copy, detach_reference)
+                hap_logits, gt_logits = self.model(*stack_windows(inputs), detach_reference=detach_reference)
+            for i, window in enumerate(group):
+                yield window, (hap_logits[i * B:(i + 1) * B], gt_logits[i * B:(i + 1) * B])
+
+    def _groups(self, windows: Sequence[int], per_call: int) -> Iterator[List[int]]:
+        """Consecutive runs of at most ``per_call`` windows of one length."""
+        group: List[int] = []
+        for window in windows:
+            length = int(self.windows[window, 1] - self.windows[window, 0])
+            if group and (len(group) == per_call or length != int(self.windows[group[0], 1] - self.windows[group[0], 0])):
+                yield group
+                group = []
+            group.append(window)
+        if group:
+            yield group
+
+    def _window_inputs(self, batch: Dict[str, torch.Tensor], window: int, copying,
+                       query_sample: torch.Tensor) -> "WindowInputs":
+        """The model's inputs for one window of the batch."""
+        start, end = (int(x) for x in self.windows[window])
+        tokens = batch["tokens"][..., start - batch["start"]:end - batch["start"]].to(self.device)  # [B, 2, L]
+        copy, retrieved = None, None
+        if copying is not None:
+            copy = self._copy_features(copying, start, end)
+            retrieved = Retrieved(copy.ids, -torch.log(copy.mass.clamp_min(1e-9)),
+                                  self.reference.by_haplotype[:, start:end], copy.bias)
+        elif self.retriever is not None:
+            retrieved = self._search(batch, window, query_sample, tokens.shape[0])
+        return WindowInputs(tokens, self._sites(batch, start, end), retrieved, copy)
 
     def _sites(self, batch: Dict[str, torch.Tensor], start: int, end: int) -> Sites:
         """The window's site inputs, with each site's allele frequency taken without the

@@ -7,7 +7,7 @@ from embrag_ext import ops
 from embrag_ext.config import CopyConfig, ModelConfig
 from embrag_ext.copying import CopyFeatures, hmm_logit
 from embrag_ext.model import EmbeddingFusion, ImputationModel, Retrieved, genotype_log_prior
-from embrag_ext.predict import PanelSites
+from embrag_ext.predict import PanelSites, WindowInputs, stack_windows
 from embrag_ext.tokens import MASK
 
 B, L, H, K = 3, 20, 12, 4
@@ -131,3 +131,29 @@ def test_bf16_autocast_matches_float32(mode, monkeypatch):
     for got, want, tolerance in [(hap16, hap32, 0.02), (gt16, gt32, 0.02)] + [
             (g16, g32, 0.05) for g16, g32 in zip(grads16, grads32) if g32 is not None]:
         assert got.dtype == want.dtype and (got - want).abs().max() <= tolerance * want.abs().max()
+
+
+@pytest.mark.parametrize("mode", ["none", "token", "embedding"])
+def test_stacked_windows_give_what_each_window_gives(mode):
+    """Three windows through the model at once (rows window-major) = each window alone."""
+    torch.manual_seed(0)
+    model = ImputationModel(ModelConfig(mode=mode, dim=16, layers=1, heads=2, max_window=L, half_width=3),
+                            CopyConfig(enabled=mode != "none"))
+    for head in (model.hap_head, model.gt_head):
+        torch.nn.init.normal_(head.weight)                   # not zero: the correction takes part
+    windows = []
+    for seed in range(3):
+        tokens, _, retrieved = inputs(seed)
+        gen = torch.Generator().manual_seed(10 + seed)
+        sites = PanelSites(torch.rand(L, generator=gen).numpy(), np.arange(L) % 4, torch.device("cpu")).window(0, L)
+        copy = None if mode == "none" else CopyFeatures(
+            torch.rand(2 * B, L, generator=gen), torch.rand(2 * B, L, 2, generator=gen),
+            torch.rand(2 * B, L, 2, generator=gen), retrieved.ids, torch.full((2 * B, K), 1 / K),
+            torch.log(torch.rand(2 * B, L, K, generator=gen)))
+        retrieved = Retrieved(retrieved.ids, retrieved.dist, retrieved.ref_tokens, None if copy is None else copy.bias)
+        windows.append(WindowInputs(tokens, sites, None if mode == "none" else retrieved, copy))
+    hap_all, gt_all = model(*stack_windows(windows))
+    for w, window in enumerate(windows):
+        hap, gt = model(*window)
+        torch.testing.assert_close(hap_all[w * B:(w + 1) * B], hap)
+        torch.testing.assert_close(gt_all[w * B:(w + 1) * B], gt)

@@ -87,7 +87,7 @@ def test_h1_and_h2_retrieve_separately(panel_tokens):
 
         def __call__(self, tokens, sites, retrieved, copy, detach_reference):
             seen["ids"] = retrieved.ids
-            return None, None
+            return torch.zeros(tokens.shape), torch.zeros(tokens.shape[0], tokens.shape[2], 3)
 
     cpu = torch.device("cpu")
     predictor = Predictor(SpyModel(), RunConfig(), PanelSites(np.zeros(S, np.float32), np.zeros(S, np.uint8), cpu),
@@ -152,7 +152,7 @@ def test_a_panel_query_never_sees_its_own_alleles_in_the_allele_frequency(panel_
 
         def __call__(self, tokens, sites, retrieved, copy, detach_reference):
             seen["af"] = sites.af
-            return None, None
+            return torch.zeros(tokens.shape), torch.zeros(tokens.shape[0], tokens.shape[2], 3)
 
     cpu = torch.device("cpu")
     panel = panel_tokens.T                                                   # [S, H]
