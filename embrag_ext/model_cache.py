@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import check_output_directory
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from .config import CONFIG_VERSION, DataConfig, RunConfig
 from .panel import Panel
@@ -25,6 +26,7 @@ from .panel_cache import atomic_directory, cache_root, file_fingerprint
 from .progress import note
 from .run_checks import usable_haplotypes
 from .training import train
+
 
 def model_dir(panel_path: str, data: DataConfig, typed_positions: np.ndarray) -> Path:
     """The cache directory of the model for this panel file, read options and typed sites."""
@@ -56,6 +58,7 @@ def cached_checkpoint(panel_path: str, data: DataConfig, panel: Panel, typed: np
         note(f"no --checkpoint: reusing the model trained for this panel and these {n_typed} typed sites "
              f"({directory})")
     else:
+        check_output_directory(str(directory.parent), "no --checkpoint: model cache")
         note(f"no --checkpoint: training a model for this panel and these {n_typed} typed sites "
              f"(array-aware, default settings; cached in {directory} for next time)")
         sites_file = directory.with_name(directory.name + ".array_sites.txt")

@@ -46,13 +46,14 @@ SIZE_LIMIT = 16 * 1024      # bytes: every output of these runs is larger
 class Row:
     """One bad input. args and message name files as {name}: the good inputs
     (panel, targets, truth, checkpoint), {work} (the working directory) or a bad
-    file that MAKERS[name] writes. message is how the error line begins after
-    ``error: ``; ``…`` stands for a part that varies (a count)."""
+    file that MAKERS[name] writes; so may cache. message is how the error line
+    begins after ``error: ``; ``…`` stands for a part that varies (a count)."""
     command: str
     what: str
     args: str
     message: str
     how: str = "in-process"        # or "unprivileged", "size-limited"
+    cache: str = ""                # $EMBRAG_CACHE_DIR for the run, if not the shared cache
 
     @property
     def id(self):
@@ -207,9 +208,12 @@ ROWS = [
     Row("impute", "--max-af-diff outside [0, 1]", IMPUTE + " --max-af-diff 2", "--max-af-diff 2.0: must be in [0, 1]"),
     Row("impute", "--min-site-call-rate outside [0, 1]", IMPUTE + " --min-site-call-rate 2",
         "--min-site-call-rate 2.0: must be in [0, 1]"),
+    Row("impute", "--min-sample-call-rate outside [0, 1]", IMPUTE + " --min-sample-call-rate -0.5",
+        "--min-sample-call-rate -0.5: must be in [0, 1]"),
     Row("impute", "--device cuda without a CUDA device", IMPUTE + " --device cuda",
         "--device cuda: no CUDA device is available"),
     Row("simulate", "--n-panel 0", SIMULATE + " --n-panel 0", "--n-panel 0: out of range (--n-panel must be >= 1)"),
+    Row("simulate", "--n-target 0", SIMULATE + " --n-target 0", "--n-target 0: out of range (--n-target must be >= 1)"),
     Row("simulate", "--length < 1000", SIMULATE + " --length 10", "--length 10: out of range (--length must be >= 1000)"),
     Row("simulate", "--array-every 0", SIMULATE + " --array-every 0", "--array-every 0: out of range"),
     Row("simulate", "--array-maf outside [0, 0.5)", SIMULATE + " --array-maf 0.5", "--array-maf 0.5: must be in [0, 0.5)"),
@@ -232,6 +236,9 @@ ROWS = [
         how="unprivileged"),
     Row("impute", "disk full (file-size limit) while writing the outputs", IMPUTE, f"{{work}}/imputed…: {CANNOT_WRITE}",
         how="size-limited"),
+    Row("impute", "no --checkpoint, and the model cache ($EMBRAG_CACHE_DIR) is a file",
+        IMPUTE.replace("--checkpoint {checkpoint} ", ""),
+        "no --checkpoint: model cache {junk}/models: {junk} is a file, not a directory", cache="{junk}"),
     Row("evaluate", "--out-json in a missing directory", EVALUATE + " --out-json {work}/absent/eval.json",
         "{work}/absent/eval.json: output directory {work}/absent does not exist"),
     Row("evaluate", "--plot in a missing directory", EVALUATE + " --plot {work}/absent/r2.png",
@@ -491,7 +498,7 @@ def test_bad_input(row, scratch, capsys, monkeypatch):
     os.chmod(work, 0o777)
     files = Files(work, good)
     argv = [part.format_map(files) for part in row.args.split()]
-    cache = root / "cache"
+    cache = Path(row.cache.format_map(files)) if row.cache else root / "cache"
     before = files_under(root, cache)
     if row.how in ("unprivileged", "size-limited"):
         status, stderr = run_subprocess(row, argv, work, cache)
