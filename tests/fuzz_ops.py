@@ -1,5 +1,6 @@
 """Property-based fuzzing of the three fused ops (hypothesis), run as a script in
-a subprocess by tests/test_fuzz_ops.py, so that a crash fails that test instead
+a subprocess by tests/test_fuzz.py (and, on an extension built with the
+sanitizers, by CMake's ctest), so that a crash fails that test instead
 of killing pytest:
 
     python tests/fuzz_ops.py OP EXAMPLES        # OP: window_embed, rag_fusion, copy_posterior
@@ -119,8 +120,9 @@ def close(got, want, dtype):
 
 
 def with_grad(inputs, names):
-    """The inputs with the named floating tensors as fresh leaves that require grad (layout kept)."""
-    return {name: t.detach().requires_grad_() if name in names else t for name, t in inputs.items()}
+    """The inputs with the named floating tensors (those given) as fresh leaves that require grad (layout kept)."""
+    return {name: t.detach().requires_grad_() if name in names and t is not None else t
+            for name, t in inputs.items()}
 
 
 def check_backward(call, reference, inputs, names):
@@ -247,7 +249,7 @@ RAG_FUSION_CHANGES = [
     *[relaid(name, layout) for name in ("q", "topk", "tok_k", "site_v", "dist", "q_tokens", "observed")
       for layout in LAYOUTS],
     relaid("ref_tokens", "offset"), relaid("ref_tokens", "stepped", valid=False),
-    relaid("ref_tokens", "transposed", valid=False),
+    relaid("ref_tokens", "transposed", valid=lambda inputs: inputs["ref_tokens"].shape[0] <= 1),  # one row: unit stride kept
     set_input("half_width", lambda inputs: 5000, valid=True),
     bad_value("topk", lambda inputs: [inputs["ref_tokens"].shape[0], -2, 2**40, -(2**40)]),
     bad_value("ref_tokens", lambda inputs: [inputs["tok_k"].shape[0], 255], where=selected_reference_token),
@@ -260,7 +262,8 @@ RAG_FUSION_CHANGES = [
     reshaped("dist", "one query short", lambda t: t[1:]), reshaped("beta", "2-D", lambda t: t[None]),
     reshaped("tok_k", "17 rows", lambda t: t[:1].repeat(17, 1)),
     set_input("n_heads", lambda inputs: inputs["q"].shape[2] + 1), set_input("n_heads", 0),
-    set_input("half_width", -1), set_input("gamma", None),
+    set_input("half_width", -1),
+    set_input("gamma", None, valid=lambda inputs: inputs.get("copy_bias") is None),   # gamma scales copy_bias
     set_input("copy_bias", lambda inputs: torch.zeros(1, dtype=inputs["q"].dtype)),
 ]
 
@@ -304,21 +307,39 @@ def selected_site_column(inputs, data):
     return data.draw(st.integers(0, inputs["ref_sites"].shape[0] - 1)), data.draw(st.sampled_from(columns))
 
 
+def site_after_the_first(inputs, data):
+    """(site,) of switch_cm past entry 0 (which is not used: no site before the first)."""
+    M = inputs["switch_cm"].shape[0]
+    if M < 2:
+        raise Unusable
+    return (data.draw(st.integers(1, M - 1)),)
+
+
+def overlapping_rows(t):
+    """A view of t's values whose consecutive rows overlap (row stride H - 1)."""
+    return t.contiguous().as_strided(t.shape, (max(t.shape[1] - 1, 0), 1))
+
+
 COPY_POSTERIOR_CHANGES = [
     Change("none", lambda inputs, data: None, True),
     *[relaid(name, layout) for name in ("query", "templates", "switch_cm") for layout in LAYOUTS],
     relaid("ref_sites", "offset"),
-    relaid("ref_sites", "stepped", valid=lambda inputs: inputs["ref_sites"].shape[1] <= 1),   # one column: no stride
+    # ref_sites needs unit stride along haplotypes and a row stride >= H; one row or column has no such stride
+    relaid("ref_sites", "stepped", valid=lambda inputs: inputs["ref_sites"].shape[1] <= 1),
+    relaid("ref_sites", "transposed", valid=lambda inputs: min(inputs["ref_sites"].shape) <= 1),
+    Change("ref_sites rows overlapping", lambda inputs, data: inputs.update(ref_sites=overlapping_rows(inputs["ref_sites"])),
+           valid=lambda inputs: inputs["ref_sites"].shape[0] <= 1 or inputs["ref_sites"].shape[1] == 0),
     bad_value("templates", lambda inputs: [inputs["ref_sites"].shape[1], -2, 2**40, -(2**40)]),
     bad_value("query", lambda inputs: [3, 255]),
     bad_value("ref_sites", lambda inputs: [2, 255], where=selected_site_column),
-    bad_value("switch_cm", lambda inputs: [-0.5, math.nan, -math.inf]),
+    bad_value("switch_cm", lambda inputs: [-0.5, math.nan, -math.inf], where=site_after_the_first),
     retyped("query", torch.int64), retyped("templates", torch.int32), retyped("ref_sites", torch.int64),
-    retyped("switch_cm", torch.float16), retyped("log_rho", torch.float16),
+    retyped("switch_cm", torch.float16),
+    *[retyped(name, torch.float16) for name in ("log_rho", "logit_theta")],
+    *[reshaped(name, "1-D", lambda t: t.reshape(1)) for name in ("log_rho", "logit_theta")],
     reshaped("query", "1-D", lambda t: t.reshape(-1)), reshaped("templates", "one query more", lambda t: torch.cat([t, t.new_zeros(1, t.shape[1])])),
     reshaped("ref_sites", "one site more", lambda t: torch.cat([t, t.new_zeros(1, t.shape[1])])),
     reshaped("switch_cm", "one site more", lambda t: torch.cat([t, t.new_zeros(1)])),
-    reshaped("log_rho", "1-D", lambda t: t.reshape(1)),
 ]
 
 
