@@ -120,7 +120,7 @@ setup(
     packages=find_packages(include=["embrag_ext", "embrag_ext.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "faiss-cpu", "cyvcf2", "tqdm", "matplotlib", "msprime"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"], "ooa": ["stdpopsim"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis"], "ooa": ["stdpopsim"]},
     entry_points={"console_scripts": [f"embrag-{command} = embrag_ext.{command}:cli"
                                       for command in ("train", "impute", "evaluate", "simulate")]},
     ext_modules=extensions(),

@@ -184,6 +184,7 @@ class TrainConfig:
     batch_size: int = 16         # samples per batch (2 haplotypes each)
     windows_per_step: int = 4    # consecutive windows per batch, sharing one copying posterior
     lr: float = 3e-3
+    clip_grad: float = 0.0       # total gradient norm the step clips to; 0 = no clipping
     seed: int = 0
     mask: MaskConfig = field(default_factory=MaskConfig)
     device: str = "cpu"
@@ -196,6 +197,7 @@ class TrainConfig:
         _require(self.windows_per_step >= 1, f"--windows-per-step {self.windows_per_step}: must be >= 1")
         _require(self.steps_per_epoch >= 0, f"--steps-per-epoch {self.steps_per_epoch}: must be >= 0")
         _require(self.lr > 0, f"--lr {self.lr}: must be > 0")
+        _require(self.clip_grad >= 0, f"--clip-grad {self.clip_grad}: must be >= 0 (0: no clipping)")
         _require(self.workers >= 0, f"--workers {self.workers}: must be >= 0")
         _require(self.device in ("cpu", "cuda"), f"--device {self.device!r}: expected cpu or cuda")
         _require(self.amp in AMP_CHOICES, f"--amp {self.amp!r}: expected one of {', '.join(AMP_CHOICES)}")

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from .atomic import atomic_output, check_writable_directory, output_directory
 from .errors import InputError, run_cli
 from .metrics import alt_f1, dosage_metrics
 from .panel import SiteKey, haplotype_columns, site_keys, values_at_sites
@@ -187,7 +188,8 @@ def plot_r2(reports: List[Dict[str, object]], png_path: str) -> None:
     axes.set_ylim(0, 1)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
+    with atomic_output(png_path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
 
 
@@ -209,13 +211,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
                         help="other imputed VCFs (e.g. Beagle's) scored the same way, beside it in the plot")
     args = parser.parse_args(argv)
     paths = [args.imputed, *args.compare]
+    json_paths = [(args.out_json if path is args.imputed else None) or default_json_path(path) for path in paths]
+    for flag, path in [("--out-json", p) for p in json_paths] + ([("--plot", args.plot)] if args.plot else []):
+        check_writable_directory(output_directory(path), f"{flag} {path}")
     reports = [evaluate(args, path) for path in paths]     # all checked before anything is written
-    for path, report in zip(paths, reports):
+    for path, json_path, report in zip(paths, json_paths, reports):
         if args.compare:
             print(f"== {path}")
         print(format_table(report))
-        json_path = (args.out_json if path is args.imputed else None) or default_json_path(path)
-        with open(json_path, "w") as handle:
+        with atomic_output(json_path) as temporary, open(temporary, "w") as handle:
             json.dump(_json_safe(report), handle, indent=2)
     if args.plot:
         plot_r2(reports, args.plot)

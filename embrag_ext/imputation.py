@@ -20,7 +20,6 @@ from .progress import progress
 from .array_sites import pattern_difference
 from .checkpoint import Checkpoint
 from .dataset import SpanBatches, loader
-from .errors import InputError
 from .genetic_map import genetic_positions
 from .learned_keys import attach_learned_keys
 from .masking import MaskConfig
@@ -34,14 +33,6 @@ from .windows import stitch
 CHUNK_OBSERVED_SITES = 1024        # typed sites per chunk whose copying posterior is computed at once
 POSTERIOR_BYTES_PER_BATCH = 2**29  # target batches are cut so that a posterior fits in 512 MiB
 ARRAY_TOLERANCE = 0.1              # typed sites may differ from the trained array's by 10% of their union
-
-
-def check_panel(panel: Panel, checkpoint: Checkpoint) -> None:
-    """The model's windows are over the training panel's sites: require the same sites."""
-    trained = np.asarray(checkpoint.panel_positions)
-    if panel.n_sites != len(trained) or not np.array_equal(panel.positions, trained):
-        raise InputError(f"{panel.source}: its {panel.n_sites} sites differ from the {len(trained)} "
-                         "sites the model was trained on (use the training panel and region)")
 
 
 def warn_if_other_array(checkpoint: Checkpoint, panel: Panel, typed: np.ndarray) -> None:

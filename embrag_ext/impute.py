@@ -15,7 +15,8 @@ What it does, in order:
    typed sites as its array, or reuses the one trained before for the same
    panel file, options and typed sites (model_cache.py); then imputes every
    panel site (imputation.py); typed alleles are kept as given;
-5. writes, each atomically and only once everything has worked:
+5. writes, each atomically and only once everything has worked (the VCF
+   renamed into place last, after its index and reports):
    ``<out>`` (GT:DS:GP, INFO AF/DR2 and TYPED or IMP), ``<name>.info.gz``
    (Minimac-style per-site quality, every panel site), ``<name>.qc.json``
    (QC counts, thresholds, call rates, phasing and imputation summaries) and
@@ -40,16 +41,17 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .atomic import atomic_output
+from .checkpoint import check_model_weights, check_panel, load_checkpoint
 from .config import AMP_CHOICES, DataConfig, add_panel_arguments
 from .errors import InputError, run_cli
-from .imputation import check_panel, impute_haplotypes, warn_if_other_array
+from .imputation import impute_haplotypes, warn_if_other_array
 from .model_cache import cached_checkpoint
 from .panel_vcf import load_panel
 from .phasing import PHASER_CHOICES, find_phaser, prephase
 from .qc import QCThresholds
 from .targets import Targets, load_targets
-from .vcf_writer import (OUTSIDE_SPAN, atomic_output, check_output_path, imputed_sites, info_file_text,
+from .vcf_writer import (OUTSIDE_SPAN, check_output_path, imputed_sites, info_file_text,
                          sibling_path, write_gzip_text, write_imputed_sites)
 
 DEFAULT_FLANK = 50_000
@@ -124,6 +126,7 @@ def load_inputs(args: argparse.Namespace, thresholds: QCThresholds):
     targets = load_targets(args.targets, panel, thresholds=thresholds, allow_unphased=args.phaser != "none")
     if checkpoint is None:
         checkpoint = cached_checkpoint(args.panel, data, panel, targets.typed, args.device, args.amp)
+    check_model_weights(checkpoint, f"--checkpoint {args.checkpoint}" if args.checkpoint else "the cached model")
     check_panel(panel, checkpoint)
     warn_if_other_array(checkpoint, panel, targets.typed)
     return checkpoint, panel, targets
@@ -160,14 +163,11 @@ def imputation_section(args, panel, targets: Targets, span, status: np.ndarray) 
             "dropped_below_min_dr2": int(np.char.startswith(status.astype(str), "DR2<").sum())}
 
 
-def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: np.ndarray) -> np.ndarray:
-    """The info file and the QC report, then the VCF; the first ones are renamed
-    into place after the VCF, so a failure leaves none of them."""
-    span = impute_span(args, panel, targets)
-    sites = imputed_sites(panel, alt_prob, targets.typed, targets.haplotypes, targets.ploidy, args.min_dr2, span)
-    targets.qc.sections["imputation"] = imputation_section(args, panel, targets, span, sites.status)
-    paths = {"info": sibling_path(args.out, ".info.gz"), "json": sibling_path(args.out, ".qc.json"),
-             "tsv": sibling_path(args.out, ".qc.tsv")}
+def write_reports(out: str, panel, targets: Targets, sites) -> None:
+    """The info file and the QC report (.qc.json, .qc.tsv) of the VCF ``out``,
+    each written atomically; a failure leaves none of them."""
+    paths = {"info": sibling_path(out, ".info.gz"), "json": sibling_path(out, ".qc.json"),
+             "tsv": sibling_path(out, ".qc.tsv")}
     with contextlib.ExitStack() as outputs:
         temps = {name: outputs.enter_context(atomic_output(path)) for name, path in paths.items()}
         write_gzip_text(temps["info"], info_file_text(panel, sites))
@@ -175,7 +175,18 @@ def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: n
             handle.write(targets.qc.json_text())
         with open(temps["tsv"], "w") as handle:
             handle.write(targets.qc.tsv_text())
-        write_imputed_sites(args.out, panel, targets.samples, sites, args.threads)
+
+
+def write_outputs(args: argparse.Namespace, panel, targets: Targets, alt_prob: np.ndarray) -> np.ndarray:
+    """The VCF and its reports. The reports are written once the VCF (and its
+    index) are complete, and renamed into place before it: a failure leaves none
+    of the files, and a run killed at any moment leaves no VCF or a complete one
+    with its index and reports."""
+    span = impute_span(args, panel, targets)
+    sites = imputed_sites(panel, alt_prob, targets.typed, targets.haplotypes, targets.ploidy, args.min_dr2, span)
+    targets.qc.sections["imputation"] = imputation_section(args, panel, targets, span, sites.status)
+    write_imputed_sites(args.out, panel, targets.samples, sites, args.threads,
+                        before_commit=lambda: write_reports(args.out, panel, targets, sites))
     return sites.status
 
 

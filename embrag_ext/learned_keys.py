@@ -60,13 +60,11 @@ whose position tables differ, and the keys must not move when the model does.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import RetrievalConfig

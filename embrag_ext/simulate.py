@@ -34,6 +34,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import msprime
 import numpy as np
 
+from .atomic import check_output_directory
 from .errors import InputError, run_cli
 from .panel import haplotype_columns
 from .tokens import MASK
@@ -111,6 +112,7 @@ def simulate_cohort(out_dir: str, seed: int = 1, n_panel: int = 500, n_target: i
     """Simulate and write ``panel.vcf.gz``, ``truth.vcf.gz`` and ``targets.vcf.gz``
     in ``out_dir`` (see module doc). Returns ``{"panel", "truth", "targets": path}``."""
     _check_arguments(n_panel, n_target, length, array_every, model, array_maf, haploid_fraction)
+    check_output_directory(out_dir, "--out")
     sites = simulate_sites(n_panel, n_target, length, seed, model)
     if len(sites.positions) == 0:
         raise InputError(f"--length {length}: the simulation produced no sites; use a longer region")

@@ -10,8 +10,10 @@ this module turns the command line into a :class:`~embrag_ext.config.RunConfig`.
 
 Options may also come from ``--config file.json`` (keys = option names with
 underscores); command-line options win. ``--resume DIR`` continues the run in
-DIR with its stored config (only --epochs, --device, --workers, --amp are taken
-from the command line). On the CPU a run is deterministic given ``--seed``.
+DIR with its stored config (only --epochs, --device, --workers, --amp may be
+given with it). On the CPU a run is deterministic given ``--seed``, and a run
+killed at any point and resumed ends as the same run uninterrupted would.
+``--out`` must not hold a run already; a bad input leaves no output directory behind.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+from .atomic import check_output_directory, check_writable_directory
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, check_model_weights, load_checkpoint
 from .config import (AMP_CHOICES, KEY_KINDS, MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig,
                      RunConfig, TrainConfig, add_panel_arguments)
 from .errors import InputError, run_cli
@@ -33,6 +36,7 @@ from .masking import MaskConfig
 from .training import train
 
 DEFAULTS = RunConfig()
+RESUME_OPTIONS = ("resume", "epochs", "device", "workers")   # what --resume takes from the command line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows-per-step", type=int, default=training.windows_per_step,
                    help="consecutive windows per batch (they share one copying posterior)")
     p.add_argument("--lr", type=float, default=training.lr)
+    p.add_argument("--clip-grad", type=float, default=training.clip_grad, metavar="NORM",
+                   help="clip the gradients to this total norm at every step (0: no clipping)")
     p.add_argument("--seed", type=int, default=training.seed)
     p.add_argument("--mask-ratio", type=float, nargs=2, default=training.mask.ratio_range, metavar=("LOW", "HIGH"),
                    help="range of the observed-site fraction of training patterns")
@@ -145,20 +151,42 @@ def run_config(options: argparse.Namespace) -> RunConfig:
                                   key_weight=options.key_weight),
         train=TrainConfig(epochs=options.epochs, steps_per_epoch=options.steps_per_epoch,
                           batch_size=options.batch_size, windows_per_step=options.windows_per_step,
-                          lr=options.lr, seed=options.seed,
+                          lr=options.lr, clip_grad=options.clip_grad, seed=options.seed,
                           mask=MaskConfig(ratio_range=tuple(options.mask_ratio),
                                           sporadic_missing=options.sporadic_missing),
                           device=options.device, workers=options.workers, amp=options.amp))
 
 
+def check_out_directory(out_dir: str) -> None:
+    """InputError unless a new run can go in ``out_dir``: an existing directory that holds
+    no run yet, or one that can be made (its nearest existing parent is a writable directory)."""
+    if os.path.isfile(os.path.join(out_dir, CHECKPOINT_NAME)):
+        raise InputError(f"--out {out_dir}: already holds a run (checkpoint.pt); continue it with "
+                         f"--resume {out_dir} or choose another --out")
+    check_output_directory(out_dir, "--out")
+
+
+def check_resume_options(options: argparse.Namespace) -> None:
+    """InputError if an option other than RESUME_OPTIONS was given with --resume
+    (a resumed run keeps its stored settings: the option would be ignored)."""
+    defaults = vars(build_parser().parse_args([]))
+    given = [name for name, value in vars(options).items() if name not in RESUME_OPTIONS and value != defaults[name]]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')}: a run continued with --resume keeps its stored settings; "
+                         "only --epochs, --device and --workers may be given with it")
+
+
 def resumed_run(options: argparse.Namespace) -> Tuple[RunConfig, str, Checkpoint]:
     """(the stored config with the command line's epochs, device, workers and amp,
     the run's directory, its checkpoint)."""
+    check_resume_options(options)
     path = options.resume
     path = os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path
     if not os.path.isfile(path):
         raise InputError(f"--resume {options.resume}: no checkpoint.pt there")
     checkpoint = load_checkpoint(path, options.device, flag="--resume")
+    check_model_weights(checkpoint, f"--resume {path}")
+    check_writable_directory(os.path.dirname(os.path.abspath(path)), f"--resume {options.resume}")
     stored = checkpoint.config
     config = stored.replace(train=dataclasses.replace(stored.train, epochs=options.epochs,
                                                       device=options.device, workers=options.workers,
@@ -175,6 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     else:
         config, checkpoint = run_config(options), None
         out_dir = options.out or os.path.join("runs", f"{options.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+        check_out_directory(out_dir)
     with distributed.session(config.train.device) as trainer_class:     # torchrun: DDP across processes
         history = train(config, out_dir, resume=checkpoint, trainer_class=trainer_class)
         print(f"checkpoint and metrics in {out_dir}")

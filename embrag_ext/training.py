@@ -14,8 +14,12 @@ at a tenth of it. Observed sites are the array's
 After each epoch a fixed sample of validation windows (up to
 ``VALIDATION_WINDOWS``, evenly spaced) is scored for every validation sample
 on its hidden sites (loss, the seed's ALT-F1 rare / common, dosage r2) and
-``checkpoint.pt`` and ``metrics.json`` are written to the output directory.
-On the CPU a run is deterministic given the seed. The command line is train.py.
+``checkpoint.pt`` and ``metrics.json`` are written to the output directory
+(atomically), which is made once the inputs are read and the settings checked
+against the panel (run_checks.py). A step whose loss or gradient is NaN or Inf
+stops the run before the optimizer steps, keeping the last checkpoint;
+``clip_grad`` clips the gradients' norm (numerics.py). On the CPU a run is
+deterministic given the seed. The command line is train.py.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import torch.nn.functional as F
 from .progress import note, progress
 
 from .array_sites import array_sites
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, write_checkpoint
+from .atomic import atomic_output
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, check_panel, write_checkpoint
 from .config import RunConfig
 from .dataset import SpanBatches, loader, split_samples
 from .demo import demo_cohort
@@ -39,11 +44,13 @@ from .learned_keys import attach_learned_keys
 from .masking import MaskConfig
 from .metrics import hidden_site_scores
 from .model import ImputationModel
+from .numerics import is_finite_step, loss_and_grad_norm, non_finite_loss
 from .panel import haplotype_columns
 from .panel_vcf import load_panel
 from .precision import use_autocast
 from .predict import PanelSites, Predictor, ReferencePanel, key_encoder
 from .retrieval import make_retriever
+from .run_checks import check_settings_fit_panel
 from .tokens import MASK
 from .windows import make_windows
 
@@ -82,6 +89,7 @@ class Trainer:
         self.device = torch.device(config.train.device)
         torch.manual_seed(config.train.seed)
         self.data = TrainData(config, self.device)
+        check_settings_fit_panel(config, self.data.panel)
         self.model = ImputationModel(config.model, config.copying).to(self.device)
         self.optimizer = make_optimizer(self.model, config.train.lr)
         uses_faiss = config.model.mode != "none" and self.model.copying is None
@@ -184,9 +192,13 @@ class Trainer:
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        value, grad_norm = loss_and_grad_norm(loss, self.model.parameters(), self.config.train.clip_grad)
+        if not is_finite_step(value, grad_norm):    # stop before the step: the checkpoint on disk stays good
+            raise non_finite_loss(value, grad_norm, self.epoch + 1, self.step + 1,
+                                  os.path.join(self.out_dir, CHECKPOINT_NAME), self.config.train.lr)
         self.optimizer.step()
         self.step += 1
-        return loss.item()
+        return value
 
     @property
     def steps_per_epoch(self) -> int:
@@ -251,10 +263,9 @@ class Trainer:
             val_samples=[data.panel.samples[i] for i in data.val],
             windows=data.windows, panel_positions=data.panel.positions,
             array_positions=None if data.array is None else data.panel.positions[data.array]))
-        metrics_path = os.path.join(self.out_dir, "metrics.json")
-        with open(metrics_path + ".tmp", "w") as handle:
-            json.dump({"config": self.config.to_dict(), "history": self.history}, handle, indent=1)
-        os.replace(metrics_path + ".tmp", metrics_path)
+        with atomic_output(os.path.join(self.out_dir, "metrics.json")) as metrics_path:
+            with open(metrics_path, "w") as handle:
+                json.dump({"config": self.config.to_dict(), "history": self.history}, handle, indent=1)
 
     def load(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint of this run."""
@@ -272,10 +283,11 @@ def train(config: RunConfig, out_dir: str, resume: Optional[Checkpoint] = None,
     """Train (or, from ``resume``, continue) the run ``config`` describes;
     checkpoints and metrics go to ``out_dir``. Returns the per-epoch records.
     ``trainer_class``: a Trainer subclass (distributed.py's, under torchrun)."""
-    os.makedirs(out_dir, exist_ok=True)
     trainer = (trainer_class or Trainer)(config, out_dir)
     if resume is not None:
+        check_panel(trainer.data.panel, resume)
         trainer.load(resume)
+    os.makedirs(out_dir, exist_ok=True)          # once the inputs are read: a bad input leaves nothing
     copying = "off" if trainer.model.copying is None else trainer.model.copying.describe()
     print(f"{trainer.data.describe()}; mode {config.model.mode}, copying {copying}, "
           f"refresh {config.retrieval.refresh}; output {out_dir}", flush=True)
@@ -310,7 +322,8 @@ def masked_loss(hap_logits: torch.Tensor, gt_logits: torch.Tensor, batch: Dict[s
     hidden = (batch["tokens"].to(truth.device) == MASK) & (truth != MASK)    # [B, 2, L]
     hap_loss = F.binary_cross_entropy_with_logits(hap_logits.float()[hidden], truth[hidden].float())
     scored = (truth != MASK).all(1) & hidden.any(1)                           # [B, L]
-    gt_loss = F.cross_entropy(gt_logits.float()[scored], truth.sum(1)[scored])
+    # The mean over the scored sites, 0 with none (a batch of haploid samples: a mean would be 0/0 = NaN).
+    gt_loss = F.cross_entropy(gt_logits.float()[scored], truth.sum(1)[scored], reduction="sum") / scored.sum().clamp(min=1)
     return hap_loss + 0.5 * gt_loss
 
 

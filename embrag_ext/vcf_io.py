@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gzip
 import itertools
 import os
@@ -41,7 +42,13 @@ GZIP_MAGIC = b"\x1f\x8b"
 BCF_MAGIC = b"BCF\x02"
 
 # cyvcf2 links htslib statically and exports its symbols.
-_HTSLIB = ctypes.CDLL(cyvcf2.cyvcf2.__file__)
+_HTSLIB = ctypes.CDLL(cyvcf2.cyvcf2.__file__, use_errno=True)
+
+
+def _htslib_write_error(path: str) -> OSError:
+    """The OSError of a failed htslib write, with the C errno (e.g. ENOSPC, EFBIG) when it set one."""
+    code = ctypes.get_errno() or errno.EIO
+    return OSError(code, os.strerror(code), path)
 
 
 @contextlib.contextmanager
@@ -81,19 +88,19 @@ class BgzfWriter:
     def write(self, text: str) -> None:
         data = text.encode()
         if _HTSLIB.bgzf_write(self._handle, data, len(data)) != len(data):
-            raise OSError(f"{self.path}: write failed (disk full?)")
+            raise _htslib_write_error(self.path)
 
     def end_block(self) -> None:
         """End the current BGZF block (after a VCF header, as htslib does: the
         header then sits in blocks of its own, which ``bcftools concat --naive`` needs)."""
         if _HTSLIB.bgzf_flush(self._handle) != 0:
-            raise OSError(f"{self.path}: write failed (disk full?)")
+            raise _htslib_write_error(self.path)
 
     def close(self) -> None:
         if self._handle:
             handle, self._handle = self._handle, None
             if _HTSLIB.bgzf_close(handle) != 0:
-                raise OSError(f"{self.path}: closing the bgzip stream failed (disk full?)")
+                raise _htslib_write_error(self.path)
 
 
 def build_index(path: str, csi: bool) -> None:
@@ -151,20 +158,21 @@ def _check_complete_bgzf(path: str) -> None:
 
 
 def _header_text(path: str, head: bytes) -> str:
-    """The header text (## lines and the #CHROM line) of a VCF, VCF.gz or BCF."""
+    """The header text (## lines and the #CHROM line) of a VCF, VCF.gz or BCF; bytes
+    that are not UTF-8 are kept as lone surrogates (surrogateescape)."""
     opener = gzip.open if head[:2] == GZIP_MAGIC else open
     try:
         with opener(path, "rb") as handle:
             if handle.read(4) == BCF_MAGIC:
                 handle.read(1)  # minor version
                 (length,) = struct.unpack("<I", handle.read(4))
-                return handle.read(length).rstrip(b"\0").decode("utf-8", "replace")
+                return handle.read(length).rstrip(b"\0").decode("utf-8", "surrogateescape")
             handle.seek(0)
             lines = []
             for line in handle:
                 if not line.startswith(b"#"):
                     break
-                lines.append(line.decode("utf-8", "replace"))
+                lines.append(line.decode("utf-8", "surrogateescape"))
             return "".join(lines)
     except (OSError, EOFError, zlib.error, struct.error, UnicodeError) as error:
         raise InputError(f"{path}: cannot read the header ({error})") from None
@@ -190,16 +198,71 @@ def check_vcf_file(path: str) -> List[str]:
     samples = chrom_lines[0].rstrip("\r\n").split("\t")[9:]
     seen = set()
     for name in samples:
+        if not name.isprintable():        # control characters, or bytes that are not UTF-8
+            raise InputError(f"{path}: sample name {name!r} in the header is not printable UTF-8 text")
         if name in seen:
             raise InputError(f"{path}: duplicate sample name {name!r} in the header")
         seen.add(name)
     return samples
 
 
+def _is_bcf(path: str) -> bool:
+    with open(path, "rb") as raw:
+        opener = gzip.open if raw.read(2) == GZIP_MAGIC else open
+    with opener(path, "rb") as handle:
+        return handle.read(len(BCF_MAGIC)) == BCF_MAGIC
+
+
+for _name, _restype, _argtypes in (
+        ("hts_open", ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]), ("hts_close", ctypes.c_int, [ctypes.c_void_p]),
+        ("bcf_hdr_read", ctypes.c_void_p, [ctypes.c_void_p]), ("bcf_hdr_destroy", None, [ctypes.c_void_p]),
+        ("bcf_init", ctypes.c_void_p, []), ("bcf_destroy", None, [ctypes.c_void_p]),
+        ("bcf_read", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),
+        ("bcf_unpack", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+        ("bcf_get_format_values", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
+                                                 ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int),
+                                                 ctypes.c_int])):
+    getattr(_HTSLIB, _name).restype, getattr(_HTSLIB, _name).argtypes = _restype, _argtypes
+_BCF_UN_ALL, _BCF_HT_INT, _BCF_NO_TAG = 15, 1, -3   # <htslib/vcf.h>
+_LIBC = ctypes.CDLL(None)
+
+
+def check_bcf_records(path: str, n_samples: int) -> None:
+    """InputError at the first BCF record htslib cannot read or unpack, or whose GT
+    has no value for a sample. A binary record is not parsed from text, so a
+    damaged one reaches cyvcf2 as it is, and cyvcf2 crashes the process on some
+    (a GT of zero values per sample): htslib's own checks run on each record first."""
+    with quiet_htslib():
+        handle = _HTSLIB.hts_open(os.fsencode(path), b"r")
+        header = _HTSLIB.bcf_hdr_read(handle) if handle else None
+        record, values, size = _HTSLIB.bcf_init(), ctypes.c_void_p(), ctypes.c_int(0)
+        try:
+            index, status = 0, 0
+            while header and (status := _HTSLIB.bcf_read(handle, header, record)) == 0:
+                index += 1
+                genotypes = (_HTSLIB.bcf_get_format_values(header, record, b"GT", ctypes.byref(values),
+                                                           ctypes.byref(size), _BCF_HT_INT)
+                             if _HTSLIB.bcf_unpack(record, _BCF_UN_ALL) == 0 else -1)
+                if genotypes != _BCF_NO_TAG and (genotypes <= 0 or genotypes % max(n_samples, 1)):
+                    raise InputError(f"{path}: BCF record {index} is damaged (its genotypes cannot be read)")
+            if not header or status < -1:
+                raise InputError(f"{path}: BCF record {index + 1} is damaged or cut short (htslib status {status})")
+        finally:
+            _LIBC.free(values)
+            _HTSLIB.bcf_destroy(record)
+            if header:
+                _HTSLIB.bcf_hdr_destroy(header)
+            if handle:
+                _HTSLIB.hts_close(handle)
+
+
 def open_vcf(path: str) -> cyvcf2.VCF:
-    """Check ``path`` (see :func:`check_vcf_file`) and open it with cyvcf2."""
+    """Check ``path`` (see :func:`check_vcf_file`, and :func:`check_bcf_records` for a BCF)
+    and open it with cyvcf2."""
     path = os.fspath(path)
-    check_vcf_file(path)
+    samples = check_vcf_file(path)
+    if _is_bcf(path):
+        check_bcf_records(path, len(samples))
     try:
         with quiet_htslib():
             return cyvcf2.VCF(path, lazy=True)
@@ -230,6 +293,16 @@ def _fetch(vcf: cyvcf2.VCF, path: str, region: Optional[Region]):
     return records if first is None else itertools.chain([first], records)
 
 
+def _check_parsed(record, path: str, last: Optional[tuple]) -> None:
+    """InputError for a line htslib could not parse (empty, a column missing, a position
+    that is not a number): cyvcf2 yields it as a record without alleles, whose REF would
+    crash the process. Such a record has no CHROM or spans no base (a REF spans one or more)."""
+    if not record.CHROM or record.end <= record.start:
+        after = "at the first record" if last is None else f"after record {last[0]}:{last[1]}"
+        raise InputError(f"{path}: a broken record {after} (an empty line, a missing column or a "
+                         "position that is not a number)")
+
+
 def iter_records(vcf: cyvcf2.VCF, path: str, region: Optional[Region] = None,
                  allow_duplicates: bool = False) -> Iterator:
     """Yield the cyvcf2 records of ``vcf`` (inside ``region`` if given).
@@ -245,6 +318,7 @@ def iter_records(vcf: cyvcf2.VCF, path: str, region: Optional[Region] = None,
     with quiet_htslib():
         try:
             for record in _fetch(vcf, path, region):
+                _check_parsed(record, path, last)
                 chrom, pos = record.CHROM, record.POS
                 if region is not None and not region.contains(chrom, pos):
                     continue
@@ -311,7 +385,11 @@ class Genotypes:
 
 def genotype_alleles(record, path: str) -> Genotypes:
     """The record's genotypes, haploid and diploid (see :class:`Genotypes`)."""
-    genotypes = record.genotype.array()  # int16 [N, max ploidy + 1]: alleles..., phased flag
+    try:
+        genotypes = record.genotype.array()  # int16 [N, max ploidy + 1]: alleles..., phased flag
+    except Exception as error:               # cyvcf2 raises a bare Exception (a line cut short, no GT)
+        raise InputError(f"{path}: record {record.CHROM}:{record.POS}: cannot read its genotypes "
+                         f"({_one_line(error)})") from None
     if genotypes.shape[1] == 2:          # every call haploid
         alleles = np.stack([genotypes[:, 0], np.full(len(genotypes), ABSENT, genotypes.dtype)], axis=1)
     elif genotypes.shape[1] == 3:

@@ -5,7 +5,7 @@ Output format follows the file name: ``.vcf.gz`` / ``.vcf.bgz`` (bgzip, with a
 are formatted here as text: bgzipped by the htslib inside cyvcf2 (with
 ``threads`` compression threads), plain text as is, and parsed into BCF by
 cyvcf2 for ``.bcf``. Every output is written to a temporary file in the output
-directory, indexed and renamed into place at the end (:func:`atomic_output`):
+directory, indexed and renamed into place at the end (atomic.py's :func:`atomic_output`):
 a failed run never leaves a half-written output.
 
 Imputed output follows Beagle 5 / Minimac4: FORMAT GT (phased), DS, GP; INFO
@@ -31,13 +31,13 @@ import contextlib
 import datetime
 import gzip
 import os
-import tempfile
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import cyvcf2
 import numpy as np
 
+from .atomic import atomic_output, check_writable_directory, output_directory, sync
 from .errors import InputError
 from .panel import present_haplotypes
 from .tokens import MASK
@@ -82,14 +82,10 @@ def sibling_path(vcf_path: str, suffix: str) -> str:
     return vcf_path + suffix
 
 
-def check_output_path(out_path: str) -> None:
+def check_output_path(out_path: str, flag: str = "--out") -> None:
     """InputError unless ``out_path`` has a VCF/BCF name in an existing, writable directory."""
     output_format(out_path)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(directory):
-        raise InputError(f"{out_path}: output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise InputError(f"{out_path}: output directory {directory} is not writable")
+    check_writable_directory(output_directory(out_path), f"{flag} {out_path}")
 
 
 def _header(chrom: str, samples: Sequence[str], lines: Sequence[str]) -> str:
@@ -101,37 +97,6 @@ def _header(chrom: str, samples: Sequence[str], lines: Sequence[str]) -> str:
                       "##source=embrag_ext",
                       f"##contig=<ID={chrom}>",
                       *lines, columns]) + "\n"
-
-
-def _default_file_mode() -> int:
-    """The mode a newly created file gets under the current umask (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextlib.contextmanager
-def atomic_output(out_path: str, companions: Sequence[str] = ()) -> Iterator[str]:
-    """Yield a temporary path in ``out_path``'s directory; when the block
-    completes without error it becomes ``out_path`` (and ``temp + suffix``
-    becomes ``out_path + suffix`` for each companion suffix, e.g. an index).
-    On error nothing is left behind."""
-    out_path = os.fspath(out_path)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(directory):
-        raise InputError(f"{out_path}: output directory {directory} does not exist")
-    handle, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(out_path)}.", suffix=".tmp", dir=directory)
-    os.close(handle)
-    temps = [temp_path] + [temp_path + suffix for suffix in companions]
-    try:
-        yield temp_path
-        os.chmod(temp_path, _default_file_mode())
-        for temp, final in zip(temps, [out_path] + [out_path + suffix for suffix in companions]):
-            os.replace(temp, final)
-    finally:
-        for leftover in temps:
-            if os.path.exists(leftover):
-                os.remove(leftover)
 
 
 class _RecordSink:
@@ -159,9 +124,11 @@ class _RecordSink:
 
 
 @contextlib.contextmanager
-def _vcf_writer(out_path: str, header: str, threads: int = 1) -> Iterator[_RecordSink]:
+def _vcf_writer(out_path: str, header: str, threads: int = 1,
+                before_commit: Optional[Callable[[], None]] = None) -> Iterator[_RecordSink]:
     """A record sink on a temporary file that becomes ``out_path`` (and its
-    index) only when the block completes without error."""
+    index) only when the block completes without error; ``before_commit`` runs
+    once the file and its index are complete, before they are renamed."""
     out_path = os.fspath(out_path)
     mode, index_suffix = output_format(out_path)
     with atomic_output(out_path, [index_suffix] if index_suffix else []) as temp_path:
@@ -172,6 +139,10 @@ def _vcf_writer(out_path: str, header: str, threads: int = 1) -> Iterator[_Recor
             sink.close()
         if index_suffix:
             build_index(temp_path, csi=index_suffix == ".csi")
+        if before_commit is not None:
+            for path in [temp_path] + ([temp_path + index_suffix] if index_suffix else []):
+                sync(path)            # on disk before what goes with it is committed
+            before_commit()
 
 
 def _record_lines(chrom: str, positions: np.ndarray, ref: Sequence[str], alt: Sequence[str],
@@ -376,10 +347,11 @@ def imputed_sites(panel, alt_prob: np.ndarray, typed: Optional[np.ndarray] = Non
 
 
 def write_imputed_sites(out_path: str, panel, sample_names: Sequence[str], sites: ImputedSites,
-                        threads: int = 1) -> None:
+                        threads: int = 1, before_commit: Optional[Callable[[], None]] = None) -> None:
     """Write the PASS sites of ``sites`` (GT allele = P(ALT) > 0.5; DS = p1 + p2;
     GP = ((1-p1)(1-p2), p1(1-p2) + (1-p1)p2, p1 p2); INFO AF = mean P(ALT)
-    over haplotypes, DR2 = :func:`_dosage_r2`)."""
+    over haplotypes, DR2 = :func:`_dosage_r2`). ``before_commit`` runs once the
+    VCF and its index are complete, before they are renamed into place."""
     if sites.quantized.shape[1] != 2 * len(sample_names):
         raise ValueError(f"alt_prob shape {sites.quantized.shape} != (panel sites {panel.n_sites}, "
                          f"2 * samples {2 * len(sample_names)})")
@@ -389,7 +361,7 @@ def write_imputed_sites(out_path: str, panel, sample_names: Sequence[str], sites
     fields = _SampleFields()
     header = _header(panel.chrom, sample_names, _IMPUTED_HEADER_LINES)
     written = np.flatnonzero(sites.status == "PASS")
-    with _vcf_writer(out_path, header, threads) as sink:
+    with _vcf_writer(out_path, header, threads, before_commit) as sink:
         for start in range(0, len(written), _CHUNK):
             part = written[start:start + _CHUNK]
             sink.write_lines(_record_lines(panel.chrom, panel.positions[part], panel.ref[part], panel.alt[part],
@@ -430,6 +402,6 @@ def info_file_text(panel, sites: ImputedSites) -> str:
 
 
 def write_gzip_text(path: str, text: str) -> None:
-    """``text`` gzipped (no timestamp: the same text gives the same bytes)."""
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+    """``text`` gzipped (no timestamp, no file name: the same text gives the same bytes)."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as handle:
         handle.write(text.encode())

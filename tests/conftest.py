@@ -1,10 +1,12 @@
-"""Fixtures of the genotype data layer tests (small VCFs, a simulated cohort)."""
+"""Fixtures the tests share: small VCFs, a simulated cohort, a tiny model trained on it."""
 import os
 import shutil
 
 import numpy as np
 import pytest
 
+from helpers import TINY_TRAINING
+from embrag_ext import train
 from embrag_ext.simulate import simulate_cohort
 from embrag_ext.vcf_writer import write_phased_vcf
 
@@ -61,3 +63,15 @@ def cohort(cohort_dir, tmp_path):
     out = tmp_path / "cohort"
     shutil.copytree(cohort_dir, out)
     return {name: os.path.join(out, f"{name}.vcf.gz") for name in ("panel", "truth", "targets")}
+
+
+@pytest.fixture(scope="session")
+def trained(cohort_dir, tmp_path_factory):
+    """A tiny model trained on the test cohort's panel: {"checkpoint", "panel", "truth", "targets"}; read-only."""
+    run = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMBRAG_CACHE_DIR", str(run / "cache"))
+        train.main(["--panel", os.path.join(cohort_dir, "panel.vcf.gz"), "--out", str(run), *TINY_TRAINING,
+                    "--epochs", "1"])
+    return {"checkpoint": str(run / "checkpoint.pt"),
+            **{name: os.path.join(cohort_dir, f"{name}.vcf.gz") for name in ("panel", "truth", "targets")}}

@@ -1,5 +1,6 @@
 """Typed configs: built once from the command line, stored in the checkpoint, read back."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -31,16 +32,6 @@ def test_the_command_line_becomes_one_typed_object_per_stage():
         config.retrieval.k = 3
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--k", "0"], "--k 0: must be >= 1"), (["--refresh", "often"], "--refresh 'often'"),
-    (["--overlap", "128"], "--overlap 128: must be >= 0 and smaller than --window 128"),
-    (["--lr", "-1"], "--lr -1.0: must be > 0"), (["--dim", "30", "--heads", "4"], "--dim 30: must be a multiple"),
-])
-def test_settings_that_cannot_work_are_refused_in_one_line(argv, message):
-    with pytest.raises(InputError, match=message.replace("(", r"\(")):
-        train.run_config(train.parse_options(argv))
-
-
 def test_config_round_trips_through_a_checkpoint(tmp_path):
     config = train.run_config(train.parse_options(["--k", "7", "--refresh", "fixed", "--window", "64"]))
     path = str(tmp_path / "checkpoint.pt")
@@ -49,7 +40,7 @@ def test_config_round_trips_through_a_checkpoint(tmp_path):
     stored = torch.load(path, weights_only=False)
     assert stored["config"]["version"] == 1 and stored["config"]["retrieval"]["k"] == 7
     assert load_checkpoint(path, "cpu").config == config
-    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]                       # no temporary file left
 
 
 def test_a_checkpoint_from_before_typed_configs_still_loads(tmp_path):

@@ -1,7 +1,6 @@
 """Training across processes (distributed.py): a rank's share of a batch, and two
 CPU processes under torchrun against one process."""
 import json
-import os
 import subprocess
 import sys
 import tempfile

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import TINY_TRAINING, record, run_module
-from embrag_ext import impute, phasing, train
-from embrag_ext.errors import InputError, run_cli
+from embrag_ext import phasing, train
+from embrag_ext.errors import InputError
 from embrag_ext.metrics import switch_error_rate
 from embrag_ext.panel_vcf import load_panel
 from embrag_ext.simulate import simulate_cohort
@@ -20,18 +20,6 @@ from embrag_ext.vcf_io import read_imputed
 from embrag_ext.vcf_writer import write_phased_vcf
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
-
-
-@pytest.fixture(scope="module")
-def trained(cohort_dir, tmp_path_factory):
-    """A tiny model trained on the test cohort's panel: {"checkpoint", "panel", "truth", "targets"}."""
-    run = tmp_path_factory.mktemp("run")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EMBRAG_CACHE_DIR", str(run / "cache"))
-        train.main(["--panel", os.path.join(cohort_dir, "panel.vcf.gz"), "--out", str(run), *TINY_TRAINING,
-                    "--epochs", "1"])
-    return {"checkpoint": str(run / "checkpoint.pt"),
-            **{name: os.path.join(cohort_dir, f"{name}.vcf.gz") for name in ("panel", "truth", "targets")}}
 
 
 def unphased_copy(path, out, phased_samples=()):
@@ -198,24 +186,6 @@ def test_qc_table_and_strict(trained, tmp_path, make_vcf):
     assert result.returncode == 0, result.stderr
     rows = open(outputs(out)["tsv"]).read().splitlines()
     assert f"1\t{int(truth.positions[0]) + 1}\tA\tG\tnot_in_panel\texcluded" in "\n".join(rows)
-
-
-def test_bad_arguments_leave_nothing(trained, tmp_path, capsys):
-    def exit_message(out, *extra):
-        with pytest.raises(SystemExit) as exit_info:
-            run_cli(impute.main, ["--checkpoint", trained["checkpoint"], "--panel", trained["panel"],
-                                  "--targets", trained["targets"], "--out", str(out), *extra])
-        assert exit_info.value.code == 2
-        return capsys.readouterr().err.strip()
-    for args, message in ((["--min-dr2", "1.5"], "--min-dr2 1.5: must be in [0, 1]"),
-                          (["--threads", "0"], "--threads 0: must be >= 1"),
-                          (["--flank", "-1"], "--flank -1: must be >= 0"),
-                          (["--genetic-map", "nope.map"], "--genetic-map nope.map: no such file"),
-                          (["--max-af-diff", "2"], "--max-af-diff 2.0: must be in [0, 1]")):
-        assert exit_message(tmp_path / "imputed.vcf.gz", *args) == f"error: {message}"
-    assert "output directory" in exit_message(tmp_path / "missing" / "imputed.vcf.gz")
-    assert "output name must end in .vcf.gz" in exit_message(tmp_path / "imputed.txt")
-    assert [name for name in os.listdir(tmp_path) if name != "cache"] == []
 
 
 def test_chrx_cohort_with_haploid_males_end_to_end(tmp_path):

@@ -1,6 +1,5 @@
 """Learned retrieval keys: slots, hard-negative mining, ranking, refresh (options A and B);
 recall@K of an approximate index; retrieval utility."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ import torch
 
 from helpers import TINY_TRAINING
 from embrag_ext import train, training
-from embrag_ext.config import RetrievalConfig
 from embrag_ext.copying import select_templates
 from embrag_ext.learned_keys import KeyEncoder, LearnedKeys, info_nce, mine, slots
 from embrag_ext.metrics import retrieval_utility

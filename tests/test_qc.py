@@ -9,7 +9,6 @@ from embrag_ext.errors import InputError
 from embrag_ext.panel_vcf import load_panel
 from embrag_ext.qc import CATEGORIES, QCThresholds
 from embrag_ext.targets import load_targets
-from embrag_ext.tokens import MASK
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 

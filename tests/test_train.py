@@ -11,7 +11,7 @@ from helpers import TINY_TRAINING
 from embrag_ext import evaluate, impute, precision, train, training
 from embrag_ext.checkpoint import load_checkpoint
 from embrag_ext.dataset import SpanBatches
-from embrag_ext.errors import InputError, run_cli
+from embrag_ext.errors import InputError
 from embrag_ext.imputation import impute_haplotypes
 from embrag_ext.masking import MaskConfig
 from embrag_ext.panel_vcf import load_panel
@@ -114,32 +114,6 @@ def test_config_file_sets_options_and_the_command_line_wins(tmp_path):
     config.write_text(json.dumps({"neighbours": 5}))
     with pytest.raises(InputError, match="unknown options neighbours"):
         train.parse_options(["--config", str(config)])
-
-
-def test_bad_arguments_exit_2(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(train.main, ["--refresh", "sometimes"])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: --refresh 'sometimes'")
-
-
-@pytest.mark.parametrize("content,message", [
-    (None, "not a readable embrag_ext checkpoint"),               # missing file
-    (b"##fileformat=VCFv4.2\n", "not a readable embrag_ext checkpoint"),
-    ("torch", "not an embrag_ext checkpoint (missing model"),     # a torch file of something else
-])
-def test_impute_rejects_a_bad_checkpoint_in_one_line(cohort, tmp_path, capsys, content, message):
-    checkpoint, out = tmp_path / "checkpoint.pt", tmp_path / "imputed.vcf.gz"
-    if content == "torch":
-        torch.save({"weights": torch.zeros(2)}, checkpoint)
-    elif content is not None:
-        checkpoint.write_bytes(content)
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(impute.main, ["--checkpoint", str(checkpoint), "--panel", cohort["panel"],
-                              "--targets", cohort["targets"], "--out", str(out)])
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and error.startswith("error: --checkpoint") and message in error
-    assert len(error.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_impute_writes_a_vcf_that_evaluate_scores(cohort, tmp_path):
