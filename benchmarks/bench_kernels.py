@@ -63,10 +63,6 @@ def info(rec: Optional[dict], name: str):
     return None if rec is None else rec["extra_info"].get(name)
 
 
-def ms(seconds: Optional[float]) -> str:
-    return section.fmt(None if seconds is None else seconds * 1e3, 1)
-
-
 def compare_table(records: List[dict]) -> List[str]:
     header = ["op", "case", "pass", "fused ms", "naive ms", "naive / fused", "algebra ms", "algebra / fused",
               "fused peak MiB", "naive / fused peak", "algebra / fused peak", "fused GB/s of the bytes it must move",
@@ -75,10 +71,10 @@ def compare_table(records: List[dict]) -> List[str]:
     for (op, case, which), impls in grouped(records, "compare").items():
         fused = impls.get("fused")
         time, peak = median(fused), info(fused, "peak_bytes")
-        row = [f"`{op}`", case, which, ms(time)]
+        row = [f"`{op}`", case, which, section.ms(time)]
         for baseline in BASELINES:
-            rows_time = median(impls.get(baseline))
-            row += [ms(rows_time), section.ratio(rows_time, time, 1)]
+            baseline_time = median(impls.get(baseline))
+            row += [section.ms(baseline_time), section.ratio(baseline_time, time, 1)]
         row.append(section.fmt(None if peak is None else peak / 2 ** 20, 1))
         row += [section.ratio(info(impls.get(baseline), "peak_bytes"), peak, 1) for baseline in BASELINES]
         must, moved = info(fused, "must_bytes"), info(fused, "moved_bytes")
@@ -101,8 +97,8 @@ def bandwidth_table(records: List[dict]) -> List[str]:
 
 
 def old_vs_new_table(records: List[dict]) -> List[str]:
-    rows = [[f"`{op}`", case, which, info(versions.get("old"), "old") or "-", ms(median(versions.get("old"))),
-             ms(median(versions.get("new"))), section.ratio(median(versions.get("old")), median(versions.get("new")))]
+    rows = [[f"`{op}`", case, which, info(versions.get("old"), "old") or "-", section.ms(median(versions.get("old"))),
+             section.ms(median(versions.get("new"))), section.ratio(median(versions.get("old")), median(versions.get("new")))]
             for (op, case, which), versions in grouped(records, "old vs new").items()]
     header = ["op", "case", "op alone", "old version", "old ms", "today ms", "old / today"]
     return section.table(header, rows) if rows else []

@@ -299,10 +299,6 @@ def summarise(result: dict) -> dict:
 
 # --- the report ----------------------------------------------------------------------------------
 
-def ms(seconds: Optional[float]) -> str:
-    return section.fmt(None if seconds is None else seconds * 1e3, 1)
-
-
 def k_table(k: int, rows: Dict[str, dict]) -> List[str]:
     header = ["variant", "parameters", "step ms (median)", "retrieval ms", "step without retrieval ms",
               "refresh s (once)", "refresh per step ms", "amortised step ms", "peak memory MiB"]
@@ -311,10 +307,10 @@ def k_table(k: int, rows: Dict[str, dict]) -> List[str]:
         if "error" in row:
             cells.append([f"`{variant}`", "-", f"failed: {row['error']}", *["-"] * 6])
             continue
-        cells.append([f"`{variant}`", f"{row['parameters']:,}", ms(row["step_s"]), ms(row["retrieval_s"]),
-                      ms(row["step_s"] - row["retrieval_s"]),
+        cells.append([f"`{variant}`", f"{row['parameters']:,}", section.ms(row["step_s"]), section.ms(row["retrieval_s"]),
+                      section.ms(row["step_s"] - row["retrieval_s"]),
                       section.fmt(row["refresh_s"], 3) if row["refresh_s"] is not None else "-",
-                      ms(row["refresh_per_step_s"]), ms(row["amortised_step_s"]), section.mib(row["peak_bytes"])])
+                      section.ms(row["refresh_per_step_s"]), section.ms(row["amortised_step_s"]), section.mib(row["peak_bytes"])])
     return [f"### K = {k}", "", *section.table(header, cells), ""]
 
 

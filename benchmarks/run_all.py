@@ -77,7 +77,7 @@ ACCURACY_FILES = ("accuracy.md", "accuracy.json", "*.png")
 @dataclass
 class Outcome:
     """What a section gave: status "ok", "skipped" (no script), "failed", "included" (--accuracy-dir)
-    or "kept" (not selected: an earlier run's fragment)."""
+    or "kept" (not selected: an earlier run's fragment) or "not run" (not selected, no earlier fragment)."""
     status: str
     seconds: float
     lines: List[str]
@@ -110,12 +110,17 @@ def display(path: Path) -> str:
 
 # --- sections ------------------------------------------------------------------------------------
 
+def title(entry: Section) -> str:
+    """The heading of a section that wrote none (skipped, failed, not run)."""
+    return f"{section.HEADING}{entry.what[0].upper()}{entry.what[1:]}"
+
+
 def run_section(entry: Section, quick: bool, results: Path, benchmarks: Path = BENCHMARKS) -> Outcome:
     """Run one section's script (from the checkout's root, its output shown as it runs)."""
     script = benchmarks / entry.script
     if not script.exists():
         note = (f"*Skipped: `{display(script)}` ({entry.what}) is not in this checkout.*")
-        return Outcome("skipped", 0.0, [f"## {entry.what[0].upper()}{entry.what[1:]}", "", note])
+        return Outcome("skipped", 0.0, [title(entry), "", note])
     fragment = results / f"{entry.name}.md"
     fragment.unlink(missing_ok=True)
     arguments = [argument.format(results=display(results)) for argument in (entry.quick if quick else entry.full)]
@@ -124,14 +129,13 @@ def run_section(entry: Section, quick: bool, results: Path, benchmarks: Path = B
     began = time.perf_counter()
     returncode = subprocess.run([sys.executable, *command[1:]], cwd=ROOT).returncode
     seconds = time.perf_counter() - began
-    title = f"## {entry.what[0].upper()}{entry.what[1:]}"
     if returncode != 0:
-        return Outcome("failed", seconds, [title, "", f"*Failed: `{shlex.join(command)}` exited with status "
+        return Outcome("failed", seconds, [title(entry), "", f"*Failed: `{shlex.join(command)}` exited with status "
                                                      f"{returncode} (its output is in the run's log).*"],
                        shlex.join(command))
     lines = fragment.read_text().splitlines() if fragment.exists() else []
     if not lines or not lines[0].startswith(section.HEADING):
-        return Outcome("failed", seconds, [title, "", f"*Failed: `{shlex.join(command)}` wrote no section starting "
+        return Outcome("failed", seconds, [title(entry), "", f"*Failed: `{shlex.join(command)}` wrote no section starting "
                                                      f"with a `{section.HEADING.strip()}` heading to "
                                                      f"`{display(fragment)}`.*"], shlex.join(command))
     return Outcome("ok", seconds, rebase_links(lines, fragment.parent, results.parent), shlex.join(command))
@@ -255,8 +259,8 @@ def main(argv: Optional[Sequence[str]] = None, sections: Sequence[Section] = SEC
     for entry in sections:
         if entry.name not in chosen:
             kept = None if args.quick else kept_section(entry, results)
-            if kept is not None:
-                outcomes[entry.name] = kept
+            outcomes[entry.name] = kept or Outcome("not run", 0.0, [
+                title(entry), "", "*Not run by this command (`--sections`), and no earlier full run's section.*"])
             continue
         if entry.name == "accuracy" and args.accuracy_dir:
             outcomes[entry.name] = include_accuracy(Path(args.accuracy_dir), results)

@@ -68,6 +68,11 @@ def fmt(value: Optional[float], digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def ms(seconds: Optional[float]) -> str:
+    """Seconds as milliseconds for a table, ``-`` for None."""
+    return fmt(None if seconds is None else seconds * 1e3, 1)
+
+
 def mib(n_bytes: Optional[float]) -> str:
     return "-" if n_bytes is None else f"{n_bytes / 2 ** 20:,.0f}"
 

@@ -84,7 +84,8 @@ def test_quick_and_selected_sections(fakes, tmp_path):
     assert run_all.main(["--quick", "--sections", "fake", "--out", str(page)], sections=sections,
                         benchmarks=fakes) == 0
     text = page.read_text()
-    assert "quick=True" in text and "**--quick**" in text and "failing" not in text
+    assert "quick=True" in text and "**--quick**" in text
+    assert "| broken | not run |" in text and "exited with status" not in text
 
 
 def test_sections_not_selected_keep_their_earlier_fragment(fakes, tmp_path):
