@@ -121,10 +121,10 @@ def at_size_lines(records: List[dict]) -> List[str]:
 
 def curve_lines(records: List[dict]) -> List[str]:
     curves: Dict[Tuple[str, str], Dict[str, Dict[int, float]]] = {}
-    for (op, case, which), impls in grouped(records, "curve").items():
-        rec = impls["fused"]
-        curve = curves.setdefault((op, case), {}).setdefault(which, {})
-        curve[info(rec, "size")] = median(rec) / info(rec, "elements") * 1e9
+    for rec in records:
+        if info(rec, "kind") == "curve":
+            curve = curves.setdefault((info(rec, "op"), info(rec, "case")), {}).setdefault(info(rec, "which"), {})
+            curve[info(rec, "size")] = median(rec) / info(rec, "elements") * 1e9
     lines = []
     for (op, case), passes in curves.items():
         axis = case.split()[1].rstrip(",")

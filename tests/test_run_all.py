@@ -131,3 +131,19 @@ def test_section_helper_refuses_a_fragment_without_heading(tmp_path):
         section.write(str(tmp_path / "x.md"), ["no heading"])
     section.write(str(tmp_path / "x.md"), ["## Heading", "text"])
     assert (tmp_path / "x.md").read_text() == "## Heading\ntext\n"
+
+
+def test_kernel_summary_tables_from_records():
+    """bench_kernels' ratios from pytest-benchmark records (as its JSON holds them)."""
+    kernels = load("bench_kernels")
+
+    def rec(kind, impl, seconds, which="forward", case="case", **info):
+        return {"stats": {"median": seconds}, "extra_info": dict(kind=kind, op="op", case=case, which=which,
+                                                                  impl=impl, **info)}
+    records = [rec("compare", "fused", 0.001, must_bytes=2e6, moved_bytes=3e6, peak_bytes=2 ** 20),
+               rec("compare", "naive", 0.010, peak_bytes=10 * 2 ** 20), rec("compare", "algebra", 0.002),
+               *[rec("curve", "fused", 1e-3 * size, case="over K, N=1", axis="K", size=size, elements=1e6 * size)
+                 for size in (8, 32, 128)]]
+    text = "\n".join(kernels.summary_tables(records))
+    assert "| `op` | case | forward | 1.0 | 10.0 | 10.0x | 2.0 | 2.0x | 1.0 | 10.0x | - | 2.00 | 1.50x |" in text
+    assert "| forward | 1.00 | 1.00 | 1.00 | 1.00x |" in text     # every size of the curve, flat
