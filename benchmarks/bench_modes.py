@@ -1,37 +1,43 @@
-"""Speed and memory of the three retrieval modes (none, token, embedding) in training.
+"""The seed's table: training steps of none / token / embedding retrieval, side by side.
 
-    python benchmarks/bench_modes.py [--steps N] [--warmup N] [--memory-steps N] [--batch-size B] [--k K]
-                                     [--dim D] [--layers N] [--heads H] [--window L]
+    python benchmarks/bench_modes.py [--quick] [--markdown PATH] [--k 8,1,32] [--steps N] [--warmup N]
+                                     [--batch-size B] [--dim D] [--layers N] [--heads H] [--window L]
                                      [--device cpu|cuda] [--out result.json]
 
-Every mode trains the same model size on the same batches of the demo cohort
-(``embrag_ext.demo.demo_cohort()``), built by the project's own
-``embrag_ext.training.Trainer`` from the training CLI's options (defaults: the
-training CLI's). What is measured, per mode:
+Four variants train the same model size on the same batches of the demo cohort
+(``embrag_ext.demo.demo_cohort()``: 500 samples, 1 Mb), each built by
+``embrag_ext.training.Trainer`` from the training CLI's options:
 
-- time per training step: building the batch (``WindowBatches[i]``, what the
-  data loader does), retrieval, forward, backward and the optimizer step
-  (``Trainer.train_step``); the median over ``--steps`` steps after
-  ``--warmup`` untimed ones;
-- time per forward pass: retrieval, forward and loss with autograd recording,
-  as in training (``Trainer.loss``), on batches the retriever has not seen
-  (its FAISS index is built per batch, as in training); median over ``--steps``.
-  The three modes are timed interleaved (step i of every mode, then step i + 1),
-  so a load that comes and goes on the machine falls on all of them alike;
-- peak memory of a training step and of a forward pass (graph kept until the
-  loss exists): the highest peak over ``--memory-steps`` passes on the same
-  batches for every mode, after one warm-up step, each (mode, pass) in a fresh
-  subprocess so that modes don't pollute each other. On the CPU: the rise of
-  the process's peak resident set above the resident set before the passes
-  (VmHWM - VmRSS from /proc/self/status, the peak reset by writing "5" to
-  /proc/self/clear_refs; the child runs with MALLOC_MMAP_THRESHOLD_=65536 so
-  large frees go back to the OS). On CUDA: torch.cuda.max_memory_allocated
-  above the memory allocated before the passes.
+- ``none`` (seed V13): no retrieval;
+- ``token`` (seed V17): the K neighbours re-encoded through the transformer every step;
+- ``embedding --refresh fixed`` (option A) and ``embedding --refresh epoch``
+  (option B): the neighbours fused by ``rag_fusion`` from the embedding tables.
 
-The reference keys are encoded once before timing (``Trainer.refresh``, as at
-the start of training); that per-epoch cost is not in the step time. Prints a
-table and the ratios token/embedding and none/embedding; ``--out`` also writes
-them, with every timing, as JSON.
+The retrieval modes run the seed's design (``--copying off``: neighbours found
+by FAISS in embedding space, no copying posterior) with one window per batch
+(``--windows-per-step 1``), at the seed's size by default: D=128, 4 layers,
+4 heads, L=512, batch 16 samples (32 haplotypes), K=8, then K=1 (the seed's K)
+and K=32. Per variant and K:
+
+- the median training step over ``--steps`` steps after ``--warmup`` untimed
+  ones: building the batch (``SpanBatches[i]``, what the data loader does),
+  retrieval, forward, backward and the optimizer step (``Trainer.train_step``);
+- retrieval apart: the time in ``Retriever.search`` during the step (a FAISS
+  index over the window's keys under the batch's observed pattern, the query
+  keys, the search);
+- the refresh apart (``Trainer.refresh``: every window's key tables
+  re-encoded; the median of 3) and amortised over a default training run
+  (``--refresh epoch``: once per epoch; ``fixed``: once per run; 3 epochs of
+  250 steps);
+- peak memory of the timed steps: on the CPU the rise of the process's peak
+  resident set above its resident set before them (peak_memory.py); on CUDA,
+  ``torch.cuda.max_memory_allocated`` above the allocation before them.
+
+Each variant runs in a process of its own (its peak memory is its own), all
+of them alive at once: the parent asks for step i of every variant, then step
+i + 1, so a load that comes and goes on the machine falls on all alike. A
+variant that dies (e.g. out of memory) is reported as such. ``--quick``: D=32,
+1 layer, 2 heads, L=128, batch 4, K=8, 2 steps (checks the script).
 """
 from __future__ import annotations
 
@@ -39,59 +45,147 @@ import embrag_ext  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before tor
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-import peak_memory as peak_memory_tools
+import peak_memory
+import section
 from embrag_ext import train, training
-from embrag_ext.config import MODES
 
-TRAIN_OPTIONS = ("batch_size", "k", "dim", "layers", "heads", "window", "device")  # passed to the training CLI
-MiB = 2 ** 20
+VARIANTS = {
+    "none": ["--mode", "none"],
+    "token": ["--mode", "token"],
+    "embedding --refresh fixed": ["--mode", "embedding", "--refresh", "fixed"],
+    "embedding --refresh epoch": ["--mode", "embedding", "--refresh", "epoch"],
+}
+SEED_DESIGN = ["--copying", "off", "--windows-per-step", "1"]
+SIZES = ("batch_size", "dim", "layers", "heads", "window", "device")   # passed to the training CLI
+FULL = dict(k="8,1,32", steps=5, warmup=1, batch_size=16, dim=128, layers=4, heads=4, window=512)
+QUICK = dict(k="8", steps=2, warmup=1, batch_size=4, dim=32, layers=1, heads=2, window=128)
+REFRESH_REPEATS = 3
+GOALS = {"faster than token": 3.0, "less memory than token": 2.0, "of none's step, at most": 1.2}
+REPLY = "@@bench_modes "   # prefix of a child's replies on its stdout
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=20, help="timed steps (and forward passes) per mode")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode before timing")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per batch (2 haplotypes each)")
-    p.add_argument("--k", type=int, default=8, help="neighbours retrieved per haplotype")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--window", type=int, default=128, help="window length in sites")
+    section.add_arguments(p, "D=32, 1 layer, L=128, batch 4, K=8, 2 steps: checks the script")
+    p.add_argument("--k", help=f"comma-separated neighbours per haplotype, one table each (default {FULL['k']})")
+    p.add_argument("--steps", type=int, help=f"timed steps per variant (default {FULL['steps']})")
+    p.add_argument("--warmup", type=int, help=f"untimed steps per variant first (default {FULL['warmup']})")
+    p.add_argument("--batch-size", type=int, help="samples per batch, 2 haplotypes each (default 16)")
+    p.add_argument("--dim", type=int, help="model width (default 128)")
+    p.add_argument("--layers", type=int, help="transformer blocks (default 4)")
+    p.add_argument("--heads", type=int, help="attention heads (default 4)")
+    p.add_argument("--window", type=int, help="window length in sites (default 512)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--out", help="write the results to this JSON file")
-    p.add_argument("--memory-steps", type=int, default=2,
-                   help="passes whose peak memory is taken (after one warm-up step)")
-    p.add_argument("--memory-child", choices=MODES, help=argparse.SUPPRESS)  # internal: the subprocess's mode
-    p.add_argument("--memory-pass", choices=("step", "forward"), help=argparse.SUPPRESS)  # and its pass
+    p.add_argument("--out", help="also write every measurement to this JSON file")
+    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)   # internal: the variant a child runs
     args = p.parse_args(argv)
-    if min(args.steps, args.warmup, args.memory_steps) < 1:
-        p.error("--steps, --warmup and --memory-steps must be >= 1")
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if min(args.steps, args.warmup) < 1:
+        p.error("--steps and --warmup must be >= 1")
     return args
 
 
-def train_argv(args: argparse.Namespace, mode: str) -> List[str]:
-    """The training CLI's arguments for ``mode`` with the benchmark's model size and batch."""
-    argv = ["--mode", mode]
-    for name in TRAIN_OPTIONS:
+def train_argv(args: argparse.Namespace, variant: str, k: int) -> List[str]:
+    """The training CLI's arguments of ``variant`` with the benchmark's sizes."""
+    argv = [*VARIANTS[variant], *SEED_DESIGN, "--k", str(k)]
+    for name in SIZES:
         argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     return argv
 
 
-def build_trainer(args: argparse.Namespace, mode: str) -> training.Trainer:
-    """A trainer of ``mode`` with its reference keys encoded, as at the start of training."""
-    config = train.run_config(train.parse_options(train_argv(args, mode)))
-    trainer = training.Trainer(config, out_dir=tempfile.mkdtemp(prefix="bench_modes-"))
-    trainer.refresh("initial encoder")
-    return trainer
+# --- a variant's process -------------------------------------------------------------------------
+
+def reply(message: dict) -> None:
+    print(REPLY + json.dumps(message), flush=True)
+
+
+class Variant:
+    """In a child process: one variant's trainer, its batches, and the time spent in retrieval."""
+
+    def __init__(self, args: argparse.Namespace, variant: str, k: int):
+        config = train.run_config(train.parse_options(train_argv(args, variant, k)))
+        self.trainer = training.Trainer(config, out_dir=tempfile.mkdtemp(prefix="bench_modes-"))
+        self.trainer.refresh("initial encoder")
+        self.batches = self.trainer.train_batches()
+        self.retrieval_s = 0.0
+        retriever = self.trainer.retriever
+        if retriever is not None:
+            search = retriever.search
+
+            def timed_search(*search_args):
+                began = time.perf_counter()
+                try:
+                    return search(*search_args)
+                finally:
+                    self.retrieval_s += time.perf_counter() - began
+            retriever.search = timed_search
+        self.memory_before = 0
+
+    def describe(self) -> dict:
+        trainer = self.trainer
+        return {"parameters": sum(p.numel() for p in trainer.model.parameters()),
+                "refresh_s": self.refresh_seconds(), "refreshes_per_run": refreshes_per_run(trainer),
+                "steps_per_run": trainer.steps_per_epoch * trainer.config.train.epochs,
+                "batches": len(self.batches), "windows": len(trainer.data.windows),
+                "threads": torch.get_num_threads()}
+
+    def refresh_seconds(self) -> Optional[float]:
+        """Median seconds of a refresh of every window's keys (None without a retriever)."""
+        if self.trainer.retriever is None:
+            return None
+        times = []
+        for _ in range(REFRESH_REPEATS):
+            before = self.trainer.refresh_seconds
+            self.trainer.refresh("benchmark")
+            times.append(self.trainer.refresh_seconds - before)
+        return statistics.median(times)
+
+    def step(self, index: int) -> dict:
+        """Training step ``index`` (its batch built here), timed; with its retrieval time."""
+        device = self.trainer.device
+        synchronize(device)
+        self.retrieval_s = 0.0
+        began = time.perf_counter()
+        self.trainer.train_step(self.batches[index])
+        synchronize(device)
+        return {"step_s": time.perf_counter() - began, "retrieval_s": self.retrieval_s}
+
+    def reset_memory(self) -> None:
+        if self.trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.trainer.device)
+            self.memory_before = torch.cuda.memory_allocated(self.trainer.device)
+        else:
+            self.memory_before = peak_memory.reset_peak()
+
+    def peak_memory(self) -> int:
+        if self.trainer.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.trainer.device) - self.memory_before
+        return peak_memory.peak_bytes() - self.memory_before
+
+
+def refreshes_per_run(trainer: training.Trainer) -> int:
+    """Key refreshes in a training run of the trainer's config (0 without a retriever)."""
+    if trainer.retriever is None:
+        return 0
+    every, epochs = trainer.config.retrieval.refresh_every, trainer.config.train.epochs
+    if every is None:
+        return 1
+    if every == 0:
+        return epochs
+    return 1 + (epochs * trainer.steps_per_epoch - 1) // every
 
 
 def synchronize(device: torch.device) -> None:
@@ -99,144 +193,204 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds(trainer: training.Trainer, work: Callable[[], object]) -> float:
-    """Wall-clock seconds of ``work()`` (the device synchronised before and after)."""
-    synchronize(trainer.device)
-    began = time.perf_counter()
-    work()
-    synchronize(trainer.device)
-    return time.perf_counter() - began
+def child_main(args: argparse.Namespace) -> None:
+    """Serve the parent's commands on stdin: ``step I``, ``reset`` (the memory baseline), ``peak``, ``quit``."""
+    variant = Variant(args, args.child, int(args.k))
+    reply(variant.describe())
+    for line in sys.stdin:
+        command, *operands = line.split()
+        if command == "step":
+            reply(variant.step(int(operands[0])))
+        elif command == "reset":
+            variant.reset_memory()
+            reply({})
+        elif command == "peak":
+            reply({"peak_bytes": variant.peak_memory()})
+        elif command == "quit":
+            return
 
 
-def step(trainer: training.Trainer, batch: Dict[str, torch.Tensor]) -> None:
-    """One training step: retrieval, forward, backward, optimizer step."""
-    trainer.train_step(batch)
+# --- the parent ---------------------------------------------------------------------------------
+
+class ChildFailed(RuntimeError):
+    pass
 
 
-def forward(trainer: training.Trainer, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """Retrieval, forward and loss of one batch, autograd recording as in training."""
-    return trainer.loss(batch).detach()
+class Child:
+    """A variant's process, driven line by line."""
+
+    def __init__(self, args: argparse.Namespace, variant: str, k: int):
+        options = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (*SIZES, "steps", "warmup")]
+        self.variant = variant
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *options, f"--k={k}", "--child", variant],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent,
+            env=dict(os.environ, **peak_memory.CHILD_ENV))
+
+    def read(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        raise ChildFailed(f"{self.variant}: its process ended (exit status {self.process.wait()})")
+
+    def ask(self, command: str) -> dict:
+        try:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass   # read() reports the exit
+        return self.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.process.wait()
 
 
-PASSES = {"step": step, "forward": forward}
+def measure(args: argparse.Namespace, k: int) -> Dict[str, dict]:
+    """Per variant at ``k``: its description, step and retrieval seconds, peak bytes (or its error)."""
+    children = {variant: Child(args, variant, k) for variant in VARIANTS}
+    results: Dict[str, dict] = {}
 
+    def each(work):
+        for variant, child in list(children.items()):
+            try:
+                work(variant, child)
+            except ChildFailed as error:
+                results[variant] = {"error": str(error)}
+                child.close()
+                del children[variant]
 
-def time_modes(args: argparse.Namespace,
-               trainers: Dict[str, training.Trainer]) -> Dict[str, Dict[str, List[float]]]:
-    """Per mode, the seconds of each timed training step and forward pass, interleaved across modes."""
-    batches = {mode: trainer.train_batches() for mode, trainer in trainers.items()}  # the same plan for all
-    first_forward = args.warmup + args.steps
-    if len(batches["none"]) < first_forward + args.steps:
-        raise SystemExit(f"only {len(batches['none'])} batches per epoch: lower --steps or --batch-size")
-    times = {mode: {"step": [], "forward": []} for mode in trainers}
-    for i in range(args.warmup + args.steps):
-        for mode, trainer in trainers.items():
-            step_seconds = seconds(trainer, lambda: step(trainer, batches[mode][i]))  # builds the batch too
+    try:
+        def ready(variant: str, child: Child) -> None:
+            results[variant] = {**child.read(), "steps": []}
+
+        def step(variant: str, child: Child) -> None:
+            measured = child.ask(f"step {i}")
             if i >= args.warmup:
-                times[mode]["step"].append(step_seconds)
-    for i in range(first_forward, first_forward + args.steps):
-        for mode, trainer in trainers.items():
-            batch = batches[mode][i]
-            times[mode]["forward"].append(seconds(trainer, lambda: forward(trainer, batch)))
-    return times
+                results[variant]["steps"].append(measured)
+
+        each(ready)
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                each(lambda variant, child: child.ask("reset"))
+            each(step)
+        each(lambda variant, child: results[variant].update(child.ask("peak")))
+    finally:
+        for child in children.values():
+            child.close()
+    return {variant: summarise(results[variant]) for variant in VARIANTS}
 
 
-# --- peak memory, one fresh subprocess per mode and pass ---------------------------------------------
-
-def memory_method(device: str) -> str:
-    if device == "cuda":
-        return "CUDA max_memory_allocated above the allocation before the pass"
-    return peak_memory_tools.METHOD
-
-
-def peak_memory(argv: Sequence[str], mode: str) -> Dict[str, int]:
-    """{"step": bytes, "forward": bytes}: peak memory of ``mode``, each pass in a fresh subprocess."""
-    return {kind: peak_memory_tools.child_peak_bytes(
-                [__file__, *argv, "--memory-child", mode, "--memory-pass", kind])
-            for kind in PASSES}
+def summarise(result: dict) -> dict:
+    """Medians and the amortised step of one variant's measurements."""
+    if "error" in result:
+        return result
+    step = statistics.median(s["step_s"] for s in result["steps"])
+    retrieval = statistics.median(s["retrieval_s"] for s in result["steps"])
+    refresh_per_step = (result["refresh_s"] or 0.0) * result["refreshes_per_run"] / result["steps_per_run"]
+    return {**result, "step_s": step, "retrieval_s": retrieval, "refresh_per_step_s": refresh_per_step,
+            "amortised_step_s": step + refresh_per_step}
 
 
-def peak_rise(device: torch.device, work: Callable[[], object]) -> int:
-    """Bytes by which memory peaks above its level before ``work()``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        work()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    return peak_memory_tools.rss_rise_bytes(work)
+# --- the report ----------------------------------------------------------------------------------
+
+def k_table(k: int, rows: Dict[str, dict]) -> List[str]:
+    header = ["variant", "parameters", "step ms (median)", "retrieval ms", "step without retrieval ms",
+              "refresh s (once)", "refresh per step ms", "amortised step ms", "peak memory MiB"]
+    cells = []
+    for variant, row in rows.items():
+        if "error" in row:
+            cells.append([f"`{variant}`", "-", f"failed: {row['error']}", *["-"] * 6])
+            continue
+        cells.append([f"`{variant}`", f"{row['parameters']:,}", section.ms(row["step_s"]), section.ms(row["retrieval_s"]),
+                      section.ms(row["step_s"] - row["retrieval_s"]),
+                      section.fmt(row["refresh_s"], 3) if row["refresh_s"] is not None else "-",
+                      section.ms(row["refresh_per_step_s"]), section.ms(row["amortised_step_s"]), section.mib(row["peak_bytes"])])
+    return [f"### K = {k}", "", *section.table(header, cells), ""]
 
 
-def memory_child(args: argparse.Namespace) -> None:
-    """In the subprocess: one warm-up step, then print as JSON the peak of
-    ``--memory-steps`` passes (training steps or forward passes) on the same
-    batches for every mode."""
-    trainer = build_trainer(args, args.memory_child)
-    batches = trainer.train_batches()
-    step(trainer, batches[0])
-    measured = [batches[i] for i in range(1, 1 + args.memory_steps)]
-    run_pass = PASSES[args.memory_pass]
-    peak = peak_rise(trainer.device, lambda: [run_pass(trainer, batch) for batch in measured])
-    peak_memory_tools.print_peak(peak)
+def ratio_lines(rows: Dict[str, dict]) -> List[str]:
+    """Ratios of each embedding variant to token and none, with the issue's goals."""
+    token, none = rows.get("token", {}), rows.get("none", {})
+    lines = []
+    for variant in ("embedding --refresh fixed", "embedding --refresh epoch"):
+        row = rows[variant]
+        if "error" in row:
+            continue
+        parts = []
+        if "error" not in token:
+            speed = token["amortised_step_s"] / row["amortised_step_s"]
+            memory = token["peak_bytes"] / max(row["peak_bytes"], 1)
+            parts += [f"{speed:.2f}x faster than `token` (amortised step; goal >= {GOALS['faster than token']}x: "
+                      f"{met(speed >= GOALS['faster than token'])})",
+                      f"{memory:.2f}x less peak memory (goal >= {GOALS['less memory than token']}x: "
+                      f"{met(memory >= GOALS['less memory than token'])})"]
+        if "error" not in none:
+            of_none = row["amortised_step_s"] / none["step_s"]
+            limit = GOALS["of none's step, at most"]
+            parts.append(f"{of_none:.2f}x the step of `none` (goal <= {limit}x: {met(of_none <= limit)})")
+        lines.append(f"- `{variant}`: " + "; ".join(parts) + ".")
+    return lines
 
 
-# --- report ------------------------------------------------------------------------------------
-
-def summarise(times: Dict[str, Dict[str, List[float]]], peaks: Dict[str, Dict[str, int]],
-              params: Dict[str, int]) -> Dict[str, Dict[str, float]]:
-    """Per mode: median step and forward seconds, peak step and forward bytes, trainable parameters."""
-    return {mode: {"step_s": statistics.median(times[mode]["step"]),
-                   "forward_s": statistics.median(times[mode]["forward"]),
-                   "peak_step_bytes": peaks[mode]["step"], "peak_forward_bytes": peaks[mode]["forward"],
-                   "parameters": params[mode]}
-            for mode in MODES}
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def ratios(summary: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
-    """token/embedding and none/embedding of every measure but the parameter count."""
-    measures = ("step_s", "forward_s", "peak_step_bytes", "peak_forward_bytes")
-    return {f"{mode}/embedding": {m: summary[mode][m] / max(summary["embedding"][m], 1e-12) for m in measures}
-            for mode in ("token", "none")}
+def met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
 
 
-def print_report(args: argparse.Namespace, summary: dict, ratio: dict, threads: int) -> None:
-    print(f"\ndemo cohort, device {args.device} ({threads} threads), batch {args.batch_size} samples "
-          f"(= {2 * args.batch_size} haplotypes), window {args.window}, dim {args.dim}, layers {args.layers}, "
-          f"heads {args.heads}, K {args.k}; medians of {args.steps} steps after {args.warmup} warm-up")
-    print(f"peak memory: {memory_method(args.device)}, highest of {args.memory_steps} passes, "
-          f"each mode and pass in a fresh subprocess\n")
-    print(f"{'mode':<10} {'params':>8} {'step ms':>9} {'forward ms':>11} {'peak step MiB':>14} "
-          f"{'peak fwd MiB':>13}")
-    for mode, row in summary.items():
-        print(f"{mode:<10} {row['parameters']:>8} {row['step_s'] * 1e3:>9.1f} {row['forward_s'] * 1e3:>11.1f} "
-              f"{row['peak_step_bytes'] / MiB:>14.1f} {row['peak_forward_bytes'] / MiB:>13.1f}")
-    print()
-    for name, row in ratio.items():
-        print(f"{name:<16} step time {row['step_s']:5.2f}x   forward time {row['forward_s']:5.2f}x   "
-              f"peak step memory {row['peak_step_bytes']:5.2f}x   peak forward memory "
-              f"{row['peak_forward_bytes']:5.2f}x")
+def markdown(args: argparse.Namespace, argv: Sequence[str], results: Dict[int, Dict[str, dict]]) -> List[str]:
+    first = next(row for rows in results.values() for row in rows.values() if "error" not in row)
+    device = f"{args.device} ({first['threads']} threads)" if args.device == "cpu" else args.device
+    lines = [
+        "## The seed's table: a training step of none, token and embedding retrieval",
+        "",
+        f"`{section.command(argv)}`",
+        "",
+        f"The seed's design (`--copying off`: neighbours found by FAISS in embedding space; one window per batch) "
+        f"at D={args.dim}, {plural(args.layers, 'layer')}, {plural(args.heads, 'head')}, L={args.window} sites, batch "
+        f"{args.batch_size} samples ({2 * args.batch_size} haplotypes), on the demo cohort (500 samples, 1 Mb, "
+        f"{first['windows']} windows of {args.window} sites), device {device}. A step: building the batch, "
+        "retrieval, forward, backward, optimizer (`Trainer.train_step`); the median of "
+        f"{args.steps} steps after {args.warmup} untimed, the variants interleaved step by step, each in a process "
+        "of its own. Retrieval: the time in `Retriever.search` (a FAISS index over the window's keys under the "
+        f"batch's observed pattern, then the search). Refresh: every window's keys re-encoded (median of "
+        f"{REFRESH_REPEATS}), amortised over a default run ({first['steps_per_run']} steps: `--refresh epoch` "
+        "refreshes once per epoch, `fixed` once). Peak memory: "
+        + ("the rise of the peak resident set (VmHWM) above the resident set before the timed steps."
+           if args.device == "cpu" else "`torch.cuda.max_memory_allocated` above the allocation before them."),
+        "",
+    ]
+    for k, rows in results.items():
+        lines += k_table(k, rows) + ratio_lines(rows) + [""]
+    return lines
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[int, Dict[str, dict]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.memory_child:
-        memory_child(args)
-        return
-    trainers = {mode: build_trainer(args, mode) for mode in MODES}
-    times = time_modes(args, trainers)
-    params = {mode: sum(p.numel() for p in trainer.model.parameters()) for mode, trainer in trainers.items()}
-    del trainers
-    peaks = {mode: peak_memory(argv, mode) for mode in MODES}
-    summary = summarise(times, peaks, params)
-    ratio = ratios(summary)
-    print_report(args, summary, ratio, torch.get_num_threads())
+    if args.child:
+        child_main(args)
+        return {}
+    results = {}
+    for k in (int(k) for k in args.k.split(",")):
+        began = time.perf_counter()
+        results[k] = measure(args, k)
+        print(f"K={k}: measured in {time.perf_counter() - began:.0f} s", flush=True)
+    lines = markdown(args, argv, results)
+    print("\n".join(lines), flush=True)
+    if args.markdown:
+        section.write(args.markdown, lines)
     if args.out:
-        result = {"options": vars(args), "memory_method": memory_method(args.device), "modes": summary,
-                  "ratios": ratio, "times_s": times}
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"\nwrote {args.out}")
+        Path(args.out).write_text(json.dumps({"options": vars(args), "results": results}, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -1,22 +1,18 @@
-"""Shared benchmark plumbing: timings by name, bytes allocated, the bandwidth
-model's lines, and ratio lines printed in the terminal summary (pytest
-captures a benchmark's own prints). ``--quick`` runs smaller sizes."""
+"""Shared benchmark plumbing for the kernel benchmarks (bench_rag_fusion.py,
+bench_window_embed.py, bench_copy_posterior.py): the passes timed, bytes
+allocated, and what each benchmark records. ``--quick`` runs smaller sizes.
+
+A benchmark measures and records; it computes no ratio. It puts what the
+summary needs in ``benchmark.extra_info`` (:func:`record`), which
+pytest-benchmark keeps with the timings (and writes with ``--benchmark-json``).
+The summary, the tables of ratios, is bench_kernels.py's: printed at the end of
+a pytest run ("embrag_ext kernel summary") and written by ``python
+benchmarks/bench_kernels.py --markdown PATH`` into RESULTS.md.
+"""
 import embrag_ext  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads, as the CLIs run)
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-_REPORT_LINES = []
-
-
-def report_line(text):
-    """Queue a line for the terminal summary ("embrag_ext benchmark ratios")."""
-    _REPORT_LINES.append(text)
-
-
-@pytest.fixture
-def ratio_report():
-    return report_line
 
 
 def pytest_addoption(parser):
@@ -38,21 +34,8 @@ def allocated_bytes(work):
     return sum(max(0, event.self_cpu_memory_usage) for event in prof.events())
 
 
-def traffic_line(what, traffic, extra_allocated=None):
-    """One line of the bandwidth model: bytes a pass must move, bytes its
-    kernels' design moves and their ratio, and on the CPU the allocator's
-    bytes beyond the outputs."""
-    line = (f"{what}: must move {traffic['must'] / 1e6:8.1f} MB, moves {traffic['moved'] / 1e6:8.1f} MB"
-            f" = {traffic['moved'] / traffic['must']:4.2f}x")
-    if extra_allocated is not None:
-        line += f"; CPU allocations beyond the outputs {extra_allocated / 1e6:6.2f} MB"
-    return line
-
-
-def median_seconds(benchmark):
-    """Median time of a finished pytest-benchmark run, or None (--benchmark-disable)."""
-    stats = getattr(benchmark, "stats", None)
-    return None if stats is None else stats.stats.median
+def nbytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def forward(fn, inputs):
@@ -71,18 +54,28 @@ def forward_backward(fn, inputs):
 PASSES = {"forward": forward, "forward+backward": forward_backward}
 
 
-def time_pass(benchmark, times, which, impl, fn, inputs, baseline):
-    """Time PASSES[which] of fn(*inputs) with pytest-benchmark and keep its
-    median in times[which, impl]; once the "fused" and ``baseline`` impls have
-    both run for ``which``, return (fused seconds, baseline seconds), else None."""
-    benchmark(PASSES[which], fn, inputs)
-    times[which, impl] = median_seconds(benchmark)
-    fused, other = times.get((which, "fused")), times.get((which, baseline))
-    return (fused, other) if fused and other else None
+def pass_bytes(model, which, kind):
+    """Bytes of ``kind`` ("must" or "moved") of a timed pass in a bandwidth model
+    ({"forward": {...}, "backward": {...}}): the forward, or the forward and the backward."""
+    passes = ("forward",) if which == "forward" else ("forward", "backward")
+    return sum(model[name][kind] for name in passes)
 
 
-def pytest_terminal_summary(terminalreporter):
-    if _REPORT_LINES:
-        terminalreporter.section("embrag_ext benchmark ratios")
-        for line in _REPORT_LINES:
+def record(benchmark, kind, op, case, which, impl, **figures):
+    """What the summary reads beside a benchmark's timings (bench_kernels.py):
+    kind ("compare": the fused op and the compositions, "old vs new", "at size",
+    "curve"), the op, the case (its sizes, in words), the pass, the
+    implementation, and any figures (bytes a pass must move, peak bytes, ...)."""
+    benchmark.extra_info.update(kind=kind, op=op, case=case, which=which, impl=impl, **figures)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    from bench_kernels import summary_tables
+    lines = summary_tables([bench.as_dict(include_data=False) for bench in session.benchmarks])
+    if lines:
+        terminalreporter.section("embrag_ext kernel summary")
+        for line in lines:
             terminalreporter.write_line(line)

@@ -23,6 +23,22 @@ def child_peak_bytes(argv, cwd=None):
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
+def pass_peak_bytes(script, *spec):
+    """The peak of one pass measured by ``python script *spec`` in a fresh process
+    (the script's ``__main__`` builds the pass from ``spec`` and calls measure_pass)."""
+    return child_peak_bytes([script, *spec], cwd=Path(script).parent)
+
+
+def measure_pass(run, tensors):
+    """In the child: ``run()`` once (warm-up: thread pools, lazy initialisation), the
+    tensors' gradients cleared, then print the peak of a second ``run()``."""
+    run()
+    for tensor in tensors:
+        if getattr(tensor, "grad", None) is not None:
+            tensor.grad = None
+    print_peak(rss_rise_bytes(run))
+
+
 def print_peak(peak_bytes):
     """In the child: report the measured peak to child_peak_bytes()."""
     print(json.dumps({"peak_bytes": peak_bytes}))
@@ -36,9 +52,20 @@ def status_kib(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def rss_rise_bytes(work):
-    """Bytes by which the resident set peaks above its level before ``work()``."""
+def reset_peak():
+    """Reset the peak resident set (VmHWM) to the current one; return the current one, in bytes."""
     before = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return before * 1024
+
+
+def peak_bytes():
+    """The peak resident set since the last reset_peak() (or since the start), in bytes."""
+    return status_kib("VmHWM") * 1024
+
+
+def rss_rise_bytes(work):
+    """Bytes by which the resident set peaks above its level before ``work()``."""
+    before = reset_peak()
     work()
-    return (status_kib("VmHWM") - before) * 1024
+    return peak_bytes() - before

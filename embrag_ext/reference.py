@@ -22,6 +22,16 @@ def window_embed_reference(tokens, pos_ids, af, type_ids, tok_table, pos_table, 
     return tok_table[tokens] + site[None, :, :]
 
 
+def window_embed_naive(tokens, pos_ids, af, type_ids, tok_table, pos_table, af_proj, type_table):
+    """[B, L, D]: every embedding looked up per haplotype and site ([B, L, D] each: the
+    site rows are not shared between haplotypes) and added; the benchmarks' naive baseline."""
+    B, L = tokens.shape
+    per_haplotype = lambda ids: ids[None, :].expand(B, L)  # noqa: E731
+    features = af_fourier_features(per_haplotype(af).reshape(-1), af_proj.shape[0]).view(B, L, -1)
+    return (tok_table[tokens] + pos_table[per_haplotype(pos_ids)] + features @ af_proj
+            + type_table[per_haplotype(type_ids)])
+
+
 def rag_fusion_agreement(topk, ref_tokens, q_tokens, observed, half_width, dtype):
     """[B, K, L] of dtype: for neighbour k of query b at site l, the fraction of observed
     query sites j in [l - w, l + w] (clipped to the window) where
@@ -190,6 +200,38 @@ def copy_posterior_reference(query, templates, ref_sites, switch_cm, log_rho, lo
     log_joint = torch.stack(log_alpha, 1) + torch.stack(log_beta, 1)         # [N, M, K]
     has_template = valid.any(1)[:, None, None]
     return torch.softmax(log_joint, dim=-1) * (valid[:, None, :] & has_template)
+
+
+def copy_posterior_scaled(query, templates, ref_sites, switch_cm, log_rho, logit_theta):
+    """[N, M, K]: the same posterior by the kernels' algebra in plain PyTorch, the
+    best composition we know: every emission in one vectorised pass ([M, N, K],
+    the templates' alleles gathered as bytes), then the scaled forward-backward
+    (probabilities normalised at every site, no logs) with the transition as a
+    rank-one update (O(K) per site), in the inputs' dtype, autograd through the
+    loop over sites. The benchmarks compare the fused op with it to show what
+    fusion buys beyond the algebra."""
+    valid = templates >= 0                                                   # [N, K]
+    weight = valid.to(switch_cm.dtype)
+    n_valid = weight.sum(1, keepdim=True).clamp(min=1)                       # [N, 1]
+    theta = torch.sigmoid(logit_theta)
+    alleles = ref_sites[:, templates.clamp(min=0)]                           # uint8 [M, N, K]
+    q = query.t()[:, :, None]                                                # [M, N, 1]
+    emissions = torch.where(alleles == q, 1 - theta, theta)
+    emissions = torch.where(q == 2, torch.ones_like(emissions), emissions) * weight
+    stay = torch.exp(-torch.exp(log_rho) * switch_cm)                        # [M] 1 - r_m
+    jump = (1 - stay)[:, None, None] / n_valid                               # [M, N, 1] r_m / K_n
+
+    def normalised(x):
+        return x / x.sum(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+    M = query.shape[1]
+    alpha = [normalised(emissions[0] / n_valid)]
+    for m in range(1, M):
+        alpha.append(normalised(emissions[m] * (stay[m] * alpha[-1] + jump[m])))
+    beta = [torch.ones_like(alpha[0])]
+    for m in range(M - 1, 0, -1):
+        beta.insert(0, (stay[m] * normalised(emissions[m] * beta[0]) + jump[m]) * weight)
+    return normalised(torch.stack(alpha, 1) * torch.stack(beta, 1))          # [N, M, K]
 
 
 # Names of copy_posterior's differentiable inputs, in the order of its arguments.

@@ -14,7 +14,7 @@ import torch
 from torch.library import opcheck
 
 from embrag_ext import ops
-from embrag_ext.reference import (COPY_POSTERIOR_GRAD_INPUTS, copy_posterior_reference,
+from embrag_ext.reference import (COPY_POSTERIOR_GRAD_INPUTS, copy_posterior_reference, copy_posterior_scaled,
                                   random_copy_posterior_inputs)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -65,6 +65,17 @@ def test_gradients_match_reference(size, device, dtype):
         scale = max(1.0, w.abs().item())
         tol = 2e-4 * scale if dtype == torch.float32 else 1e-9 * scale
         assert abs(g.item() - w.item()) <= tol, f"grad of {name}: {g.item()} vs {w.item()}"
+
+
+@pytest.mark.parametrize("size", SIZES[:4] + SIZES[5:], ids=str)
+def test_algebra_baseline_matches_reference(size):
+    """The benchmarks' plain-PyTorch scaled forward-backward: the same posterior and gradients."""
+    inputs = random_copy_posterior_inputs(*size, dtype=torch.float64, seed=3)
+    got, want = copy_posterior_scaled(**inputs), copy_posterior_reference(**inputs)
+    torch.testing.assert_close(got, want, **tolerances(torch.float64))
+    wrt = grad_inputs(inputs)
+    for g, w in zip(torch.autograd.grad(got.square().sum(), wrt), torch.autograd.grad(want.square().sum(), wrt)):
+        torch.testing.assert_close(g, w, **tolerances(torch.float64))
 
 
 @pytest.mark.parametrize("size", [(3, 6, 4, 7), (2, 1, 3, 4), (2, 2, 1, 3), (3, 11, 9, 6)], ids=str)

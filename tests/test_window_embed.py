@@ -8,7 +8,7 @@ import torch
 from torch.library import opcheck
 
 from embrag_ext import ops
-from embrag_ext.reference import window_embed_reference
+from embrag_ext.reference import window_embed_naive, window_embed_reference
 
 N_TOKENS, N_TYPES = 3, 4
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -54,6 +54,16 @@ def test_backward_matches_reference(B, L, D, n_features, device, dtype):
     tolerance = {} if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)  # sums over B * L
     for name, g, w in zip(("tok", "pos", "af_proj", "type"), got, want):
         torch.testing.assert_close(g, w, **tolerance, msg=lambda m: f"grad of {name}_table: {m}")
+
+
+@pytest.mark.parametrize("B,L,D", SIZES)
+def test_naive_baseline_matches_reference(B, L, D):
+    """The benchmarks' naive composition (every lookup per haplotype): the same embedding and gradients."""
+    inputs = make_inputs(B, L, D, dtype=torch.float64, seed=3)
+    got, want = window_embed_naive(*inputs), window_embed_reference(*inputs)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got.sum(), inputs[4:]), torch.autograd.grad(want.sum(), inputs[4:])):
+        torch.testing.assert_close(g, w)
 
 
 def test_gradcheck_float64():
