@@ -71,7 +71,7 @@ SECTIONS = (
             full=("--out", "{results}/accuracy"),
             quick=("--quick", "--cohorts", "constant", "--seeds", "1", "--out", "{results}/accuracy-quick")),
 )
-ACCURACY_FILES = ("accuracy.md", "accuracy.json", "*.png")
+ACCURACY_FILES = ("accuracy*.md", "accuracy*.json", "*.png")
 
 
 @dataclass
@@ -150,6 +150,8 @@ def include_accuracy(directory: Path, results: Path) -> Outcome:
             if path.resolve() != (target / path.name).resolve():
                 shutil.copy2(path, target / path.name)
     lines = (target / "accuracy.md").read_text().splitlines()
+    for extra in sorted(target.glob("accuracy-*.md")):      # further runs of the same script (other seeds)
+        lines += ["", *extra.read_text().splitlines()[1:]]
     note = (f"*Not re-run by this command: taken from the run in `{display(directory)}` (its accuracy.md, "
             f"accuracy.json and plots, copied to `{display(target)}`), made by the command named below.*")
     fragment = [lines[0], "", note, *rebase_links(lines[1:], target, results)]
