@@ -241,6 +241,12 @@ class RunConfig:
         return dataclasses.replace(self, **parts)
 
 
+def add_amp_argument(parser, default: str) -> None:
+    """--amp, for train and impute (precision.use_autocast)."""
+    parser.add_argument("--amp", choices=AMP_CHOICES, default=default,
+                        help="bf16 autocast of the model: auto = where bf16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
+
+
 def add_panel_arguments(parser, defaults: Optional[DataConfig] = None) -> None:
     """The options of how the panel is read (DataConfig.panel_options), for
     train and impute. With ``defaults`` None every default is None (impute:

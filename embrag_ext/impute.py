@@ -43,7 +43,7 @@ import torch
 
 from .atomic import atomic_output
 from .checkpoint import check_model_weights, check_panel, load_checkpoint
-from .config import AMP_CHOICES, DataConfig, add_panel_arguments
+from .config import DataConfig, TrainConfig, add_amp_argument, add_panel_arguments
 from .errors import InputError, run_cli
 from .imputation import impute_haplotypes, warn_if_other_array
 from .model_cache import cached_checkpoint
@@ -93,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impute-all", action="store_true", help="impute every panel site, however far from typed ones")
     p.add_argument("--batch-size", type=int, default=64, help="target samples per batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="bf16 autocast of the model: auto = where bf16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
+    add_amp_argument(p, TrainConfig.amp)
     return p
 
 

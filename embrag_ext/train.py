@@ -29,8 +29,8 @@ import torch
 from . import distributed
 from .atomic import check_output_directory, check_writable_directory
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, check_model_weights, load_checkpoint
-from .config import (AMP_CHOICES, KEY_KINDS, MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig,
-                     RunConfig, TrainConfig, add_panel_arguments)
+from .config import (KEY_KINDS, MODES, CopyConfig, DataConfig, ModelConfig, RetrievalConfig,
+                     RunConfig, TrainConfig, add_amp_argument, add_panel_arguments)
 from .errors import InputError, run_cli
 from .masking import MaskConfig
 from .training import train
@@ -101,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that an observed site is missing for a sample")
     p.add_argument("--device", choices=("cpu", "cuda"), default=training.device)
     p.add_argument("--workers", type=int, default=training.workers, help="data-loader worker processes")
-    p.add_argument("--amp", choices=AMP_CHOICES, default=training.amp,
-                   help="bf16 autocast of the model: auto = where bf16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
+    add_amp_argument(p, training.amp)
     p.add_argument("--out", help="output directory (default runs/<mode>-<time>)")
     p.add_argument("--resume", help="output directory (or checkpoint.pt) of a run to continue")
     return p
