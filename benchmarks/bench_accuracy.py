@@ -63,7 +63,6 @@ COHORTS = {  # issue 10: about 1,000 panel samples, 100 targets, 2 Mb
 }
 QUICK_SIZE = dict(n_panel=120, n_target=12, length=250_000)
 QUICK_TRAIN = ["--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "4"]
-QUICK_TEMPLATES = {"256": "64"}   # --templates in --quick: its panel has 240 haplotypes
 MODES = {"embedding": [], "token": ["--mode", "token"], "none": ["--mode", "none"]}
 ABLATION = {  # --ablation id: (row label, options)
     "hmm-alone": ("HMM alone (untrained, Beagle's rates)", ["--epochs", "0", "--fixed-rates"]),
@@ -72,6 +71,7 @@ ABLATION = {  # --ablation id: (row label, options)
     "no-array": ("random patterns, not the array", ["--no-array"]),
     "seed-design": ("seed design (FAISS neighbours, no copying)", ["--copying", "off"]),
 }
+QUICK_ABLATION = {"templates-256": ["--templates", "64"]}   # under --quick: its panel has 240 haplotypes
 BINS = [bin_label(low, high) for low, high in MAF_BINS]
 # Beagle and Minimac4 take every typed site as given and impute every panel site: so does embrag_ext here
 SAME_INPUT_AS_BEAGLE = ["--trust-strand", "--impute-all"]
@@ -164,8 +164,7 @@ def embrag(files: Dict[str, str], work: Path, name: str, options: List[str], qui
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     array = [] if "--no-array" in options else ["--array", files["targets"]]
-    train_options = [QUICK_TEMPLATES.get(option, option) if quick else option
-                     for option in options if option != "--no-array"] + (QUICK_TRAIN if quick else [])
+    train_options = [option for option in options if option != "--no-array"] + (QUICK_TRAIN if quick else [])
     train_seconds = run([sys.executable, "-m", "embrag_ext.train", "--panel", files["panel"], *array,
                          "--out", str(run_dir), *train_options], run_dir / "train.log", threads)
     out = run_dir / "imputed.vcf.gz"
@@ -259,6 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             ablation = {}
             for variant in args.ablation.split(","):
                 label, options = ABLATION[variant]
+                options = QUICK_ABLATION.get(variant, options) if args.quick else options
                 ablation[label] = summary(tool(label, options, lambda: embrag(
                     files, work, label, options, args.quick, args.threads)))
             if "embrag_ext embedding" in results[name]:
