@@ -3,6 +3,12 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+
+
+# The devices a device-parametrised test runs on: the CPU always, CUDA where present
+# (the same Python code on both, only the device differs).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # A training run that takes seconds on the test cohort (tests/conftest.py).
 TINY_TRAINING = ["--epochs", "2", "--window", "32", "--overlap", "8", "--dim", "16", "--layers", "1", "--heads", "2",

@@ -16,8 +16,8 @@ from torch.library import opcheck
 from embrag_ext import ops
 from embrag_ext.reference import (COPY_POSTERIOR_GRAD_INPUTS, copy_posterior_reference, copy_posterior_scaled,
                                   random_copy_posterior_inputs)
+from helpers import DEVICES
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DEVICE_DTYPES = [("cpu", torch.float64)] + [(device, torch.float32) for device in DEVICES]
 
 

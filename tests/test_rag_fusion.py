@@ -13,8 +13,8 @@ from embrag_ext import _C, ops
 from embrag_ext.errors import InputError
 from embrag_ext.reference import (RAG_FUSION_GRAD_INPUTS, rag_fusion_algebra, rag_fusion_reference,
                                   random_rag_fusion_inputs)
+from helpers import DEVICES
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # (B, L, D, K, n_heads, half_width): K = 1, 16, 64 and several neighbour tiles
 # (a partial last one), odd L and D, w = 0 and w > L, one to five heads, head

@@ -9,9 +9,9 @@ from torch.library import opcheck
 
 from embrag_ext import ops
 from embrag_ext.reference import window_embed_naive, window_embed_reference
+from helpers import DEVICES
 
 N_TOKENS, N_TYPES = 3, 4
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DEVICE_DTYPES = [("cpu", torch.float64)] + [(device, torch.float32) for device in DEVICES]
 
 
