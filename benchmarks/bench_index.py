@@ -49,7 +49,7 @@ import torch
 from embrag_ext.config import RetrievalConfig
 from embrag_ext.learned_keys import LearnedKeys
 from embrag_ext.masking import MaskConfig, array_pattern, rng_for
-from embrag_ext.retrieval import Retriever, build_faiss_index, tied_recall
+from embrag_ext.retrieval import Retriever, build_faiss_index, on_gpu, search_index, tied_recall
 from embrag_ext.simulate import simulate_sites
 from embrag_ext.windows import key_ranges, make_windows
 
@@ -79,7 +79,7 @@ def bench(retriever: Retriever, window: int, observed: np.ndarray, queries_T: np
     start, end = (int(x) for x in retriever.key_ranges[window])
     sites = np.flatnonzero(observed)
     refs = retriever.reference_keys(window, sites)                          # [H, d]
-    queries = retriever.query_keys(window, sites, queries_T[:, start + sites].astype(np.int64))
+    queries = retriever.query_keys(window, sites, torch.from_numpy(queries_T[:, start + sites]))
     rows = []
     exact = None
     for factory in INDEXES:
@@ -89,16 +89,22 @@ def bench(retriever: Retriever, window: int, observed: np.ndarray, queries_T: np
             index = build_faiss_index(factory, refs)
             builds.append(time.perf_counter() - began)
             began = time.perf_counter()
-            _, ids = index.search(queries, k)
+            _, ids = search_index(index, queries, k)
             searches.append(time.perf_counter() - began)
-        true_dist = np.where(ids >= 0, ((refs[np.maximum(ids, 0)] - queries[:, None]) ** 2).sum(-1), np.inf)
+        true_dist = torch.where(ids >= 0, (refs[ids.clamp(min=0)] - queries[:, None]).square().sum(-1), torch.inf)
+        true_dist = true_dist.numpy()
         if exact is None:
             exact = true_dist
         hits, total = tied_recall(true_dist, exact)
         rows.append({"index": factory, "dims": int(refs.shape[1]), "build_s": min(builds),
                      "search_ms_per_1000": 1000 * min(searches) / len(queries) * 1000, "recall": hits / total,
-                     "index_mib": faiss.serialize_index(index).nbytes / 2**20})
+                     "index_mib": faiss.serialize_index(on_host(index)).nbytes / 2**20})
     return rows
+
+
+def on_host(index: faiss.Index) -> faiss.Index:
+    """A CPU copy of a GPU index (what FAISS serialises); a CPU index itself."""
+    return faiss.index_gpu_to_cpu(index) if on_gpu(index) else index
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:

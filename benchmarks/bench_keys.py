@@ -171,7 +171,7 @@ def index_cost(trainer: Trainer, truth: np.ndarray) -> Dict[str, float]:
     start, end = (int(x) for x in retriever.key_ranges[window])
     sites = np.flatnonzero(trainer.data.array[start:end])
     references = retriever.reference_keys(window, sites)
-    queries = retriever.query_keys(window, sites, truth.T[:, start + sites].astype(np.int64))
+    queries = retriever.query_keys(window, sites, torch.from_numpy(truth.T[:, start + sites].astype(np.int64)))
     index = faiss.IndexFlatL2(references.shape[1])
     index.add(references)
     times = []

@@ -85,10 +85,10 @@ def session(device: str) -> Iterator[Optional[type]]:
 
 def sharded_encode(encode, n_windows: int) -> list:
     """Retriever.encode_windows across ranks: this rank encodes windows rank, rank + N, ...;
-    the encodings (float32 numpy) are all-gathered into the list of every window."""
+    the encodings (float32 CPU tensors) are all-gathered into the list of every window."""
     rank, world = rank_and_world()
-    mine = {window: encode(window).float().cpu().numpy() for window in range(rank, n_windows, world)}
-    gathered: List[Dict[int, np.ndarray]] = [None] * world
+    mine = {window: encode(window).float().cpu() for window in range(rank, n_windows, world)}
+    gathered: List[Dict[int, torch.Tensor]] = [None] * world
     dist.all_gather_object(gathered, mine)
     merged = {window: table for part in gathered for window, table in part.items()}
     return [merged[window] for window in range(n_windows)]

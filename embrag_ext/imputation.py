@@ -78,7 +78,7 @@ def impute_haplotypes(checkpoint: Checkpoint, panel: Panel, target_haplotypes: n
     retriever = None
     if checkpoint.retriever is not None and model.copying is None:
         retriever = make_retriever(config.retrieval, np.ascontiguousarray(panel.haplotypes.T), windows,
-                                   panel.present_haplotypes())
+                                   panel.present_haplotypes(), device)
         retriever.load_state_dict(checkpoint.retriever)
     predictor = Predictor(model, config, PanelSites(panel.af, panel.variant_type, device), reference, windows,
                           retriever, autocast=use_autocast(amp, device))

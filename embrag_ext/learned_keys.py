@@ -383,23 +383,24 @@ class RetrieverKeys:
         return self.key_ranges[window, 0] + np.asarray(sites, dtype=np.int64), tuple(self.keys.windows[window])
 
     @torch.no_grad()
-    def reference(self, window: int, table: np.ndarray, sites: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    def reference(self, window: int, table: torch.Tensor, sites: np.ndarray, tokens: torch.Tensor) -> torch.Tensor:
         """float32 [R, 2R'] reference keys; table [3, Lk]; sites [n] key-range offsets; tokens [R, n]."""
         panel_sites, focus = self._focus_sites(window, sites)
-        values = torch.from_numpy(np.ascontiguousarray(table[:, sites].T)).to(self.keys.device)
+        at = torch.from_numpy(np.asarray(sites, dtype=np.int64)).to(table.device)
+        values = table.index_select(1, at).T.contiguous().to(self.keys.device)
         slot = self.keys._slots(panel_sites, focus)
-        out = self.keys.snapshot.keys(values, slot, torch.from_numpy(tokens.astype(np.int64)).to(self.keys.device))
-        return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+        out = self.keys.snapshot.keys(values, slot, tokens.to(self.keys.device).long())
+        return out.float().contiguous()
 
     @torch.no_grad()
-    def query(self, window: int, sites: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    def query(self, window: int, sites: np.ndarray, tokens: torch.Tensor) -> torch.Tensor:
         """float32 [Q, 2R'] query keys (LearnedKeys.query_encoder); tokens int [Q, n] at key-range offsets."""
         panel_sites, focus = self._focus_sites(window, sites)
         encoder = self.keys.query_encoder
         values = self.keys._values(encoder, panel_sites, focus)
         slot = self.keys._slots(panel_sites, focus)
-        out = encoder.keys(values, slot, torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(self.keys.device))
-        return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+        out = encoder.keys(values, slot, tokens.to(self.keys.device).long())
+        return out.float().contiguous()
 
 
 def attach_learned_keys(config, af: np.ndarray, windows: np.ndarray, device: torch.device, predictor,

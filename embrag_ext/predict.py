@@ -217,12 +217,14 @@ class Predictor:
                 B: int) -> Retrieved:
         """FAISS neighbours of the 2B query haplotypes over the window's key range."""
         key_start, key_end = (int(x) for x in self.retriever.key_ranges[window])
-        sites = batch["context_sites"].numpy()
-        inside = (sites >= key_start) & (sites < key_end)
+        sites = batch["context_sites"].numpy()                                           # host-side pattern
+        inside = np.flatnonzero((sites >= key_start) & (sites < key_end))
         observed = np.zeros(key_end - key_start, dtype=bool)
         observed[sites[inside] - key_start] = True
-        key_tokens = np.full((2 * B, key_end - key_start), MASK, dtype=np.int64)
-        key_tokens[:, sites[inside] - key_start] = batch["context_tokens"].reshape(2 * B, -1).numpy()[:, inside]
-        ids, dist = self.retriever.search(window, observed, key_tokens, query_sample.cpu().numpy())
+        columns = torch.from_numpy(sites[inside] - key_start).to(self.device)
+        context = batch["context_tokens"].reshape(2 * B, -1).to(self.device)              # [2B, M]
+        key_tokens = torch.full((2 * B, key_end - key_start), MASK, dtype=torch.int64, device=self.device)
+        key_tokens.index_copy_(1, columns, context.index_select(1, torch.from_numpy(inside).to(self.device)).long())
+        ids, dist = self.retriever.search(window, observed, key_tokens, query_sample)     # on the device
         start, end = (int(x) for x in self.windows[window])
-        return Retrieved(ids.to(self.device), dist.to(self.device), self.reference.by_haplotype[:, start:end])
+        return Retrieved(ids, dist, self.reference.by_haplotype[:, start:end])

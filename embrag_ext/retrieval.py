@@ -39,13 +39,24 @@ Refresh across processes: :meth:`Retriever.refresh` encodes the windows
 through ``encode_windows`` (default: all of them here); distributed.py swaps in
 one that encodes this rank's share and gathers the rest, so every rank
 searches the same index.
+
+Devices. Keys, queries, ids and distances are torch tensors on the retriever's
+device, and FAISS takes them as they are (faiss.contrib.torch_utils): on a CUDA
+device with faiss-gpu the index lives on that GPU and a search reads and writes
+device memory, with no host copy (:func:`place_index`). The same code runs on
+the CPU with faiss-cpu; there the only difference is where the index lives.
+With faiss-cpu on a CUDA run, or an index type FAISS has no GPU form of (HNSW),
+the index stays on the CPU and the queries are copied to the host (one warning
+says so).
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable, Optional, Tuple
 
 import faiss
+import faiss.contrib.torch_utils  # noqa: F401  (FAISS indexes take torch tensors, on the CPU or a GPU)
 import numpy as np
 import torch
 
@@ -59,37 +70,43 @@ EncodeFn = Callable[[int], torch.Tensor]  # window -> allele encodings [V, Lk, D
 RECALL_WINDOWS = 4        # windows (evenly spaced) of the recall sample at each refresh
 RECALL_QUERIES = 64       # panel haplotypes searched per window of the sample
 RECALL_MASK = MaskConfig(ratio_range=(0.05, 0.05), sporadic_missing=0.0)   # the sample's observed pattern
+FAISS_GPU_INSTALL = "pip uninstall -y faiss-cpu && pip install faiss-gpu"
 
 
 def encode_every_window(encode: EncodeFn, n_windows: int) -> list:
-    """float32 numpy encodings of windows 0..n_windows-1 (one process)."""
-    return [encode(window).float().cpu().numpy() for window in range(n_windows)]
+    """float32 encodings of windows 0..n_windows-1 (one process)."""
+    return [encode(window).float() for window in range(n_windows)]
 
 
 class Retriever:
     """Top-K reference haplotypes per query haplotype, per window.
 
     ref_tokens_T: uint8 [H, S] reference haplotypes (rows 2s, 2s + 1 are
-        sample s); windows: int64 [W, 2]; key_ranges: int64 [W, 2] the sites
-        compared for each window (windows.key_ranges); decay: site weight
+        sample s; numpy or torch); windows: int64 [W, 2]; key_ranges: int64 [W, 2]
+        the sites compared for each window (windows.key_ranges); decay: site weight
         scale in sites (0: all sites weigh 1); factory: FAISS index factory string;
         present: bool [H] rows that are haplotypes (default all; a haploid
-        sample's second row is not, Panel.present_haplotypes): only these are indexed.
+        sample's second row is not, Panel.present_haplotypes): only these are indexed;
+        device: where the keys, the index and the results live.
     """
 
-    def __init__(self, ref_tokens_T: np.ndarray, windows: np.ndarray, key_ranges: np.ndarray, k: int,
-                 decay: float = 0.0, factory: str = "Flat", present: Optional[np.ndarray] = None):
+    def __init__(self, ref_tokens_T, windows: np.ndarray, key_ranges: np.ndarray, k: int,
+                 decay: float = 0.0, factory: str = "Flat", present: Optional[np.ndarray] = None,
+                 device: torch.device = torch.device("cpu")):
         if k < 1:
             raise InputError(f"K={k}: must be >= 1")
         if decay < 0:
             raise InputError(f"key decay {decay}: must be >= 0")
-        self.ref_tokens_T = ref_tokens_T
+        self.device = torch.device(device)
+        self.ref_tokens = torch.as_tensor(ref_tokens_T).to(self.device)          # uint8 [H, S]
         self.key_ranges = np.asarray(key_ranges, dtype=np.int64)
-        self.scales = [site_scales(window, key_range, decay) for window, key_range in zip(windows, key_ranges)]
+        self.scales = [torch.from_numpy(site_scales(window, key_range, decay)).to(self.device)
+                       for window, key_range in zip(windows, key_ranges)]         # per window [Lk]
         self.k = k
         self.factory = factory
-        self.rows = np.arange(len(ref_tokens_T)) if present is None else np.flatnonzero(present)  # indexed rows
-        self.encodings: Optional[list] = None       # per window float32 [V, Lk, D] (learned keys: [V, Lk])
+        rows = np.arange(len(ref_tokens_T)) if present is None else np.flatnonzero(present)
+        self.rows = torch.from_numpy(rows).to(self.device)                        # [R] indexed panel rows
+        self.encodings: Optional[list] = None   # per window float32 [V, Lk, D] (learned keys: [V, Lk])
         self._last: Optional[Tuple[int, bytes, faiss.Index]] = None   # (window, pattern, index)
         self.last_recall: Optional[float] = None
         self.keys = None               # learned keys (learned_keys.RetrieverKeys); None: L2 keys
@@ -107,7 +124,8 @@ class Retriever:
         re-encoding took."""
         began = time.perf_counter()
         with torch.no_grad():
-            self.encodings = self.encode_windows(encode, len(self.key_ranges))
+            encodings = self.encode_windows(encode, len(self.key_ranges))
+        self.encodings = [table.to(self.device) for table in encodings]
         self._last = None
         seconds = time.perf_counter() - began
         if self.approximate:
@@ -115,45 +133,48 @@ class Retriever:
         return seconds
 
     def state_dict(self) -> dict:
-        return {"encodings": self.encodings}
+        return {"encodings": [table.cpu() for table in self.encodings]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.encodings = state["encodings"]
+        """Stored encodings: CPU tensors (numpy arrays in checkpoints of embrag_ext 0.1)."""
+        self.encodings = [torch.as_tensor(table).to(self.device) for table in state["encodings"]]
         self._last = None
 
-    def search(self, window: int, observed: np.ndarray, query_tokens: np.ndarray,
-               query_sample: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    def search(self, window: int, observed: np.ndarray, query_tokens: torch.Tensor,
+               query_sample: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Neighbours of Q query haplotypes of one window.
 
-        observed: bool [Lk] the observed pattern over the window's key range;
-        query_tokens: int64 [Q, Lk]; query_sample: int64 [Q] each query's
-        sample row in the panel (-1 if none). Returns ids int64 [Q, K] (rows
-        of ref_tokens_T, -1 = none) and distances float32 [Q, K].
+        observed: bool numpy [Lk] the observed pattern over the window's key range;
+        query_tokens: int [Q, Lk]; query_sample: int64 [Q] each query's sample
+        row in the panel (-1 if none). Returns, on the retriever's device, ids
+        int64 [Q, K] (rows of ref_tokens_T, -1 = none) and distances float32 [Q, K].
         """
-        sites = np.flatnonzero(observed)                                       # [n]
+        sites = np.flatnonzero(observed)                                          # [n]
         index = self._index(window, observed, sites)
-        queries = self.query_keys(window, sites, query_tokens[:, sites])      # [Q, d]
-        ids, dist = self._search(index, queries, query_sample)                # [Q, K]
+        at = torch.from_numpy(sites).to(self.device)
+        queries = self.query_keys(window, sites, torch.as_tensor(query_tokens).to(self.device).index_select(1, at))
+        ids, dist = self._search(index, queries, torch.as_tensor(query_sample).to(self.device))   # [Q, K]
         if self.keys is None:
             encodings = self.encodings[window]
-            mismatch = float(((encodings[ALT, 0] - encodings[REF, 0]) ** 2).sum())
-            dist = dist / max(mismatch, 1e-12)
-        dist = np.where(ids >= 0, dist, 0.0)
-        return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(dist.astype(np.float32))
+            mismatch = (encodings[ALT, 0] - encodings[REF, 0]).square().sum()
+            dist = dist / mismatch.clamp(min=1e-12)
+        return ids, torch.where(ids >= 0, dist, torch.zeros_like(dist))
 
-    def query_keys(self, window: int, sites: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """float32 [Q, d]: keys of query alleles int64 [Q, n] at key-range offsets ``sites``."""
+    def query_keys(self, window: int, sites: np.ndarray, tokens: torch.Tensor) -> torch.Tensor:
+        """float32 [Q, d]: keys of query alleles int [Q, n] at key-range offsets ``sites``."""
         if self.keys is not None:
             return self.keys.query(window, sites, tokens)
-        return _query_keys(self.encodings[window], tokens, sites, self.scales[window][sites])
+        at = torch.from_numpy(sites).to(self.device)
+        return _query_keys(self.encodings[window], tokens.to(self.device).long(), at, self.scales[window][at])
 
-    def _search(self, index: faiss.Index, queries: np.ndarray,
-                query_sample: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(ids [Q, K] panel rows, -1 none; squared distances [Q, K]), the query's own sample dropped."""
-        n_results = self.k + (2 if (query_sample >= 0).any() else 0)
-        dist, ids = index.search(queries, n_results)                            # [Q, K (+2)]
-        ids = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)            # index rows -> panel rows
-        return _drop_own_sample(ids, dist, query_sample, self.k)
+    def _search(self, index: faiss.Index, queries: torch.Tensor,
+                query_sample: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(ids [Q, K] panel rows, -1 none; squared distances [Q, K]), the query's own sample dropped.
+        K + 2 are searched whatever the queries (whether any is a panel sample is not asked: asking
+        would wait for the device)."""
+        dist, found = search_index(index, queries, self.k + 2)                    # [Q, K + 2]
+        ids = torch.where(found >= 0, self.rows[found.clamp(min=0)], -1)          # index rows -> panel rows
+        return drop_own_sample(ids, dist, query_sample, self.k)
 
     def recall(self) -> Optional[float]:
         """recall@K of the approximate index against exact search at the last
@@ -170,21 +191,23 @@ class Retriever:
             return None
         hits = total = 0
         chosen = np.unique(np.linspace(0, len(self.key_ranges) - 1, n_windows).round().astype(int))
+        indexed = self.rows.cpu().numpy()
         for window in chosen:
             rng = rng_for(seed, int(window), 0x5EC)
             start, end = (int(x) for x in self.key_ranges[window])
             observed = array_pattern(end - start, RECALL_MASK, rng)
             sites = np.flatnonzero(observed)
-            rows = np.sort(rng.choice(self.rows, min(n_queries, len(self.rows)), replace=False))
-            queries = self.query_keys(int(window), sites, self.ref_tokens_T[np.ix_(rows, start + sites)].astype(np.int64))
+            rows = torch.from_numpy(np.sort(rng.choice(indexed, min(n_queries, len(indexed)), replace=False)))
+            rows = rows.to(self.device)
+            tokens = self.ref_tokens.index_select(0, rows)[:, start + torch.from_numpy(sites).to(self.device)]
+            queries = self.query_keys(int(window), sites, tokens)
             found = self._search(self._index(int(window), observed, sites), queries, rows // 2)[0]
             refs = self.reference_keys(int(window), sites)
-            exact = faiss.IndexFlatL2(queries.shape[1])
-            exact.add(refs)
-            want_ids, want_dist = self._search(exact, queries, rows // 2)
-            found_keys = refs[np.searchsorted(self.rows, np.maximum(found, 0))]          # [Q, K, d]
-            found_dist = np.where(found >= 0, ((found_keys - queries[:, None]) ** 2).sum(-1), np.inf)
-            window_hits, window_total = tied_recall(found_dist, np.where(want_ids >= 0, want_dist, np.inf))
+            want_ids, want_dist = self._search(build_faiss_index("Flat", refs), queries, rows // 2)
+            found_keys = refs[torch.searchsorted(self.rows, found.clamp(min=0))]          # [Q, K, d]
+            found_dist = torch.where(found >= 0, (found_keys - queries[:, None]).square().sum(-1), torch.inf)
+            window_hits, window_total = tied_recall(
+                found_dist.cpu().numpy(), torch.where(want_ids >= 0, want_dist, torch.inf).cpu().numpy())
             hits, total = hits + window_hits, total + window_total
         self._last = None
         self.last_recall = hits / total if total else None
@@ -195,19 +218,19 @@ class Retriever:
         pattern = observed.tobytes()
         if self._last is not None and self._last[:2] == (window, pattern):
             return self._last[2]
-        index = build_faiss_index(self.factory, self.reference_keys(window, sites))  # keys [H, n * D]
+        index = build_faiss_index(self.factory, self.reference_keys(window, sites))  # keys [R, n * D]
         self._last = (window, pattern, index)
         return index
 
-    def reference_keys(self, window: int, sites: np.ndarray) -> np.ndarray:
-        """float32 [R, n * D]: every indexed reference haplotype's (``rows``) encoding at ``sites``
-        (key-range offsets)."""
-        start = self.key_ranges[window, 0]
-        tokens = self.ref_tokens_T[np.ix_(self.rows, start + sites)]            # [R, n]
+    def reference_keys(self, window: int, sites: np.ndarray) -> torch.Tensor:
+        """float32 [R, n * D] on the device: every indexed reference haplotype's (``rows``)
+        encoding at ``sites`` (key-range offsets)."""
+        at = torch.from_numpy(sites).to(self.device)
+        tokens = self.ref_tokens.index_select(0, self.rows).index_select(1, self.key_ranges[window, 0] + at)  # [R, n]
         if self.keys is not None:
             return self.keys.reference(window, self.encodings[window], sites, tokens)
-        keys = self.encodings[window][tokens, sites] * self.scales[window][sites, None]  # [H, n, D]
-        return np.ascontiguousarray(keys.reshape(len(tokens), -1), dtype=np.float32)
+        keys = self.encodings[window][tokens.long(), at] * self.scales[window][at, None]     # [R, n, D]
+        return keys.reshape(len(tokens), -1).float().contiguous()
 
 
 def tied_recall(found_dist: np.ndarray, exact_dist: np.ndarray) -> Tuple[int, int]:
@@ -238,12 +261,12 @@ def overlap_recall(found: np.ndarray, exact: np.ndarray) -> Tuple[int, int]:
 
 
 def make_retriever(config: RetrievalConfig, ref_tokens_T: np.ndarray, windows: np.ndarray,
-                   present: Optional[np.ndarray] = None) -> Retriever:
+                   present: Optional[np.ndarray] = None, device: torch.device = torch.device("cpu")) -> Retriever:
     """The retriever ``config`` describes over reference haplotypes ref_tokens_T uint8 [H, S]
-    (``present``: bool [H], rows that are haplotypes) and windows int64 [W, 2]
-    (training and imputation build theirs here)."""
+    (``present``: bool [H], rows that are haplotypes) and windows int64 [W, 2], searching
+    on ``device`` (training and imputation build theirs here)."""
     ranges = key_ranges(windows, config.key_flank, ref_tokens_T.shape[1])
-    return Retriever(ref_tokens_T, windows, ranges, config.k, config.key_decay, config.index, present)
+    return Retriever(ref_tokens_T, windows, ranges, config.k, config.key_decay, config.index, present, device)
 
 
 def _check_factory(factory: str) -> None:
@@ -256,21 +279,76 @@ def _check_factory(factory: str) -> None:
         raise InputError(f"FAISS index {factory!r}: {str(error).strip().splitlines()[-1]}") from None
 
 
-def build_faiss_index(factory: str, keys: np.ndarray) -> faiss.Index:
-    """A FAISS index over keys [H, d] (trained on them if it needs training;
-    moved to the GPU when this faiss has GPUs). ``factory``: a FAISS index factory
-    string, optionally followed by ``|`` and search parameters in FAISS's
-    ParameterSpace syntax (``IVF64,Flat|nprobe=8``, ``HNSW32|efSearch=64``)."""
+def build_faiss_index(factory: str, keys: torch.Tensor) -> faiss.Index:
+    """A FAISS index over keys float32 [H, d] (trained on them if it needs training),
+    on the keys' device where FAISS can put it there (:func:`place_index`). ``factory``:
+    a FAISS index factory string, optionally followed by ``|`` and search parameters in
+    FAISS's ParameterSpace syntax (``IVF64,Flat|nprobe=8``, ``HNSW32|efSearch=64``)."""
     name, _, parameters = factory.partition("|")
-    index = faiss.index_factory(keys.shape[1], name)
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+    index = place_index(faiss.index_factory(keys.shape[1], name), keys.device, factory)
+    keys = faiss_input(keys, index)
     if not index.is_trained:
         index.train(keys)
     index.add(keys)
     if parameters:
-        faiss.ParameterSpace().set_index_parameters(index, parameters)
+        space = faiss.GpuParameterSpace() if on_gpu(index) else faiss.ParameterSpace()
+        space.set_index_parameters(index, parameters)
     return index
+
+
+_gpu_resources: dict = {}     # CUDA ordinal -> faiss.StandardGpuResources (one per process and GPU)
+_warned: set = set()
+
+
+def faiss_has_gpus() -> bool:
+    """Whether this faiss is a GPU build that sees a GPU (faiss-gpu; faiss-cpu never does)."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def place_index(index: faiss.Index, device: torch.device, factory: str = "") -> faiss.Index:
+    """``index`` on ``device``: for a CUDA device, a GPU copy on that GPU when this faiss
+    has GPUs; otherwise (a CPU device, faiss-cpu, or an index type with no GPU form) the
+    CPU index itself, with one warning per cause on a CUDA run."""
+    if device.type != "cuda":
+        return index
+    if not faiss_has_gpus():
+        _warn_once("faiss-cpu", f"FAISS searches on the CPU: this faiss has no GPU support; "
+                                f"for search on the GPU: {FAISS_GPU_INSTALL}")
+        return index
+    ordinal = device.index if device.index is not None else torch.cuda.current_device()
+    if ordinal not in _gpu_resources:
+        _gpu_resources[ordinal] = faiss.StandardGpuResources()
+    try:
+        return faiss.index_cpu_to_gpu(_gpu_resources[ordinal], ordinal, index)
+    except RuntimeError as error:
+        _warn_once(factory, f"FAISS index {factory!r} searches on the CPU: FAISS has no GPU form of it "
+                            f"({str(error).strip().splitlines()[-1]})")
+        return index
+
+
+def on_gpu(index: faiss.Index) -> bool:
+    """Whether ``index`` lives on a GPU (a faiss GpuIndex)."""
+    return hasattr(index, "getDevice")
+
+
+def faiss_input(x: torch.Tensor, index: faiss.Index) -> torch.Tensor:
+    """x as ``index`` reads it: float32, contiguous, and on the host for a CPU index."""
+    if x.is_cuda and not on_gpu(index):
+        x = x.cpu()
+    return x.float().contiguous()
+
+
+def search_index(index: faiss.Index, queries: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(squared distances float32 [Q, n], index ids int64 [Q, n], -1 = none) of the n
+    nearest keys to queries [Q, d], on the queries' device."""
+    dist, ids = index.search(faiss_input(queries, index), n)
+    return dist.to(queries.device), ids.to(queries.device)
+
+
+def _warn_once(cause: str, message: str) -> None:
+    if cause not in _warned:
+        _warned.add(cause)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def site_scales(window: np.ndarray, key_range: np.ndarray, decay: float) -> np.ndarray:
@@ -282,18 +360,21 @@ def site_scales(window: np.ndarray, key_range: np.ndarray, decay: float) -> np.n
     return np.exp(-outside / (2.0 * decay)).astype(np.float32)
 
 
-def _query_keys(encodings: np.ndarray, tokens: np.ndarray, sites: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float32 [Q, n * D] query keys; MASK alleles keyed at the REF/ALT midpoint."""
-    midpoint = 0.5 * (encodings[REF] + encodings[ALT])                          # [Lk, D]
-    table = np.concatenate([encodings[:MASK], midpoint[None]], axis=0)         # [3, Lk, D]
-    keys = table[np.minimum(tokens, MASK), sites] * scales[:, None]             # [Q, n, D]
-    return np.ascontiguousarray(keys.reshape(len(tokens), -1), dtype=np.float32)
+def _query_keys(encodings: torch.Tensor, tokens: torch.Tensor, sites: torch.Tensor,
+                scales: torch.Tensor) -> torch.Tensor:
+    """float32 [Q, n * D] query keys of tokens [Q, n] at key-range sites [n];
+    MASK alleles keyed at the REF/ALT midpoint."""
+    midpoint = 0.5 * (encodings[REF] + encodings[ALT])                               # [Lk, D]
+    table = torch.cat([encodings[:MASK], midpoint[None]], 0)                        # [3, Lk, D]
+    keys = table[tokens.clamp(max=MASK), sites] * scales[:, None]                   # [Q, n, D]
+    return keys.reshape(len(tokens), -1).float().contiguous()
 
 
-def _drop_own_sample(ids: np.ndarray, dist: np.ndarray, query_sample: np.ndarray,
-                     k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The first k results [Q, k] of each row that are not the query's own sample."""
+def drop_own_sample(ids: torch.Tensor, dist: torch.Tensor, query_sample: torch.Tensor,
+                    k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first k results [Q, k] of each row of ids / dist [Q, k + 2] that are not the
+    query's own sample (query_sample [Q], -1 = none); -1 where fewer than k are left."""
     own = (ids // 2 == query_sample[:, None]) & (query_sample[:, None] >= 0) & (ids >= 0)
-    order = np.argsort(own, axis=1, kind="stable")[:, :k]                      # own ones last
-    ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
-    return np.where(np.take_along_axis(own, order, 1), -1, ids), dist
+    order = torch.sort(own.to(torch.uint8), dim=1, stable=True).indices[:, :k]       # own ones last
+    ids, dist = ids.gather(1, order), dist.gather(1, order)
+    return torch.where(own.gather(1, order), -1, ids), dist

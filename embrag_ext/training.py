@@ -94,7 +94,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config.train.lr)
         uses_faiss = config.model.mode != "none" and self.model.copying is None
         self.retriever = make_retriever(config.retrieval, self.data.ref_tokens_T, self.data.windows,
-                                        self.data.ref_present) if uses_faiss else None
+                                        self.data.ref_present, self.device) if uses_faiss else None
         self.predictor = Predictor(self.model, config, self.data.sites, self.data.reference,
                                    self.data.windows, self.retriever,
                                    autocast=use_autocast(config.train.amp, self.device))

@@ -72,7 +72,7 @@ def test_two_processes_give_the_keys_and_metrics_of_one(cohort, tmp_path):
     for ck in (one_ck, two_ck):
         encoder = KeyEncoder(ck.config.retrieval.key_sites, ck.config.retrieval.key_decay)
         encoder.load_state_dict(ck.keys["snapshot"])
-        values = torch.from_numpy(ck.retriever["encodings"][5].T.copy())              # [Lk, 3]
+        values = ck.retriever["encodings"][5].T.contiguous()                          # [Lk, 3]
         slot = torch.from_numpy(slots(np.arange(len(values)), (16, 48), encoder.per_side))
         panel = load_panel(cohort["panel"]).haplotypes[:len(values)].T.astype(np.int64)  # [H, Lk]
         keys.append(encoder.keys(values, slot, torch.from_numpy(panel)).detach())

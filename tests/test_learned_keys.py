@@ -172,11 +172,11 @@ def test_training_learns_the_keys_and_a_refresh_changes_neighbours(cohort, tmp_p
 def test_fixed_keys_keep_the_initial_reference_encoding(cohort, tmp_path):
     trainer = tiny_trainer(cohort, tmp_path, "--refresh", "fixed")       # option A
     trainer.refresh("initial encoder")
-    tables = [t.copy() for t in trainer.retriever.encodings]
+    tables = [t.clone() for t in trainer.retriever.encodings]
     before = neighbours(trainer)
     perturb(trainer.keys)
     trainer.refresh("fixed")
-    assert all(np.array_equal(a, b) for a, b in zip(tables, trainer.retriever.encodings))
+    assert all(torch.equal(a, b) for a, b in zip(tables, trainer.retriever.encodings))
     assert not np.array_equal(neighbours(trainer), before)                # queries are keyed live
 
 

@@ -15,11 +15,12 @@ from torch.profiler import ProfilerActivity, profile
 from embrag_ext import ops
 from embrag_ext.config import CopyConfig, ModelConfig, RetrievalConfig, RunConfig
 from embrag_ext.model import ImputationModel, Retrieved
-from embrag_ext.predict import PanelSites, Predictor, ReferencePanel
+from embrag_ext.retrieval import make_retriever
+from embrag_ext.predict import PanelSites, Predictor, ReferencePanel, key_encoder
 from embrag_ext.reference import random_copy_posterior_inputs, random_rag_fusion_inputs
 from embrag_ext.tokens import MASK
+from helpers import DEVICES
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"}
 
 
@@ -68,11 +69,9 @@ def test_copy_posterior_does_not_sync(device):
     assert sync_calls(forward_backward(ops.copy_posterior, inputs)) == []
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("copying", [True, False], ids=["copying posterior", "FAISS neighbours"])
-def test_training_step_does_not_sync(device, copying):
-    """A training step of the embedding mode: with copying, the copying posterior, the window's copy
-    features and the model; without, the model on given neighbours. Forward, loss and backward."""
+def training_setup(device, copying, retriever_k=None):
+    """(predictor, batch, model, tokens on the device, retrieved) of a small embedding-mode model;
+    with retriever_k, the predictor searches FAISS neighbours (K = retriever_k) itself."""
     B, L, H, K, S = 3, 24, 10, 5, 60
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -89,18 +88,48 @@ def test_training_step_does_not_sync(device, copying):
              "context_sites": torch.from_numpy(observed),
              "context_tokens": torch.from_numpy(panel[observed].T[:2 * B].reshape(B, 2, -1).astype(np.int64)),
              "sample": torch.tensor([0, 1, -1])}
+    windows = np.array([[10, 10 + L]])
+    retriever = None
+    if retriever_k is not None:
+        retriever = make_retriever(RetrievalConfig(k=retriever_k, key_flank=8), panel.T, windows,
+                                   device=torch.device(device))
+        retriever.refresh(key_encoder(model, window_sites, windows, retriever.key_ranges))
     predictor = Predictor(model, RunConfig(retrieval=RetrievalConfig(k=K)), window_sites, reference,
-                          np.array([[10, 10 + L]]), retriever=None)
+                          windows, retriever=retriever)
     retrieved = Retrieved(torch.randint(-1, H, (2 * B, K), generator=gen).to(device),
                           torch.rand(2 * B, K, generator=gen).to(device), reference.by_haplotype[:, 10:10 + L])
-    tokens = tokens.to(device)
+    return predictor, batch, model, tokens.to(device), window_sites.window(10, 10 + L), retrieved
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("copying", [True, False], ids=["copying posterior", "FAISS neighbours"])
+def test_training_step_does_not_sync(device, copying):
+    """A training step of the embedding mode: with copying, the copying posterior, the window's copy
+    features and the model; without, the model on given neighbours. Forward, loss and backward."""
+    predictor, batch, model, tokens, sites, retrieved = training_setup(device, copying)
 
     def step():
         if copying:
             ((_, (hap_logits, gt_logits)),) = predictor.span_logits(batch, [0])
         else:
-            hap_logits, gt_logits = model(tokens, window_sites.window(10, 10 + L), retrieved)
+            hap_logits, gt_logits = model(tokens, sites, retrieved)
         loss = hap_logits.square().mean() + gt_logits.square().mean()
         loss.backward()
+
+    assert sync_calls(step) == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_faiss_search_does_not_sync(device):
+    """The FAISS-neighbours step with the search in it: the query keys, an index built on the
+    device's keys (rebuilt every step, as a new observed pattern makes it in training), the
+    search through FAISS on torch tensors, the own-sample drop, then the model. FAISS's own
+    work is not an aten op; on CUDA with faiss-gpu it runs on the device (retrieval.place_index)."""
+    predictor, batch, *_ = training_setup(device, copying=False, retriever_k=4)
+
+    def step():
+        predictor.retriever._last = None
+        ((_, (hap_logits, gt_logits)),) = predictor.span_logits(batch, [0])
+        (hap_logits.square().mean() + gt_logits.square().mean()).backward()
 
     assert sync_calls(step) == []

@@ -99,9 +99,9 @@ def test_refresh_changes_keys_and_fixed_does_not(cohort, tmp_path):
                                                                 "--copying", "off")))
         trainer = training.Trainer(config, str(tmp_path))
         trainer.refresh("initial encoder")
-        before = [e.copy() for e in trainer.retriever.encodings]
+        before = [e.clone() for e in trainer.retriever.encodings]
         trainer.train_epoch()                                   # 3 steps; option B refreshes after each
-        changed = any(not np.array_equal(a, b) for a, b in zip(before, trainer.retriever.encodings))
+        changed = any(not torch.equal(a, b) for a, b in zip(before, trainer.retriever.encodings))
         assert changed == should_change, refresh
         assert config.retrieval.detach_reference == (not should_change)
 
