@@ -17,6 +17,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
+sys.path.insert(0, str(ROOT / "tools"))
+from faiss_requirement import faiss_requirement  # noqa: E402  (faiss-cpu, or the GPU build installed)
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
@@ -119,7 +121,7 @@ setup(
     description="Retrieval-augmented transformer genotype imputation with fused embedding retrieval kernels",
     packages=find_packages(include=["embrag_ext", "embrag_ext.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "faiss-cpu", "cyvcf2", "tqdm", "matplotlib", "msprime"],
+    install_requires=["torch>=2.4", "numpy", faiss_requirement(), "cyvcf2", "tqdm", "matplotlib", "msprime"],
     extras_require={"test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis"], "ooa": ["stdpopsim"]},
     entry_points={"console_scripts": [f"embrag-{command} = embrag_ext.{command}:cli"
                                       for command in ("train", "impute", "evaluate", "simulate")]},
