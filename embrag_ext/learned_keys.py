@@ -274,8 +274,8 @@ class LearnedKeys:
             if not bool(hidden.any()):
                 continue
             q_truth = truth[:, first - start:last - start][:, hidden]              # [N, h]
-            ref_hidden = reference.by_haplotype[:, first:last][:, hidden]          # [H, h]
-            ref_obs = reference.by_haplotype[:, torch.from_numpy(sites[keep]).to(self.device)]   # [H, n]
+            ref_hidden = reference.haplotype_window(first, last)[:, hidden]        # [H, h]
+            ref_obs = reference.haplotype_sites(torch.from_numpy(sites[keep]).to(self.device))   # [H, n]
             loss, stat = self.focus_loss(sites[keep], focus, context[:, keep_t], q_truth, ref_obs, ref_hidden,
                                          allowed)
             total = total + loss

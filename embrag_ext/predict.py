@@ -70,8 +70,9 @@ class PanelSites:
 
 
 class ReferencePanel:
-    """The retrieval panel's haplotypes on the model's device, in the two
-    layouts the ops read, and the genetic position of every site.
+    """The retrieval panel's haplotypes on the model's device, stored once, site
+    by site (one byte per allele), with the haplotype-major slices the ops read
+    made from it per window; and the genetic position of every site.
 
     haplotypes: uint8 [S, H] (rows 2s, 2s + 1 of the haplotype axis are sample s);
     cm: float64 [S]; present: bool [H] the rows that hold a haplotype (a haploid
@@ -81,12 +82,19 @@ class ReferencePanel:
     def __init__(self, haplotypes: np.ndarray, cm: np.ndarray, device: torch.device,
                  present: Optional[np.ndarray] = None):
         self.by_site = torch.from_numpy(np.array(haplotypes, order="C")).to(device)         # [S, H]
-        self.by_haplotype = torch.from_numpy(np.array(haplotypes.T, order="C")).to(device)  # [H, S]
         self.cm = np.asarray(cm, dtype=np.float64)
         self.n_haplotypes = int(haplotypes.shape[1])
         present = np.ones(self.n_haplotypes, dtype=bool) if present is None else np.asarray(present, dtype=bool)
         self.present = torch.from_numpy(present).to(device)                                 # [H]
         self.n_present = int(present.sum())
+
+    def haplotype_window(self, start: int, end: int) -> torch.Tensor:
+        """uint8 [H, L]: every haplotype's alleles at sites start..end-1 (contiguous)."""
+        return self.by_site[start:end].T.contiguous()
+
+    def haplotype_sites(self, sites: torch.Tensor) -> torch.Tensor:
+        """uint8 [H, n]: every haplotype's alleles at the sites int64 [n]."""
+        return self.by_site.index_select(0, sites).T
 
     def templates(self, query_sample: torch.Tensor) -> torch.Tensor:
         """int64 [N, H]: every reference haplotype (rows in order), -1 for a
@@ -158,7 +166,7 @@ class Predictor:
         if copying is not None:
             copy = self._copy_features(copying, start, end)
             retrieved = Retrieved(copy.ids, -torch.log(copy.mass.clamp_min(1e-9)),
-                                  self.reference.by_haplotype[:, start:end], copy.bias)
+                                  self.reference.haplotype_window(start, end), copy.bias)
         elif self.retriever is not None:
             retrieved = self._search(batch, window, query_sample, tokens.shape[0])
         return WindowInputs(tokens, self._sites(batch, start, end), retrieved, copy)
@@ -210,7 +218,7 @@ class Predictor:
 
     def _copy_features(self, copying, start: int, end: int) -> CopyFeatures:
         context, templates, posterior = copying
-        return window_features(posterior, templates, self.reference.by_haplotype[:, start:end],
+        return window_features(posterior, templates, self.reference.haplotype_window(start, end),
                                context.interpolation(start, end), self.config.retrieval.k)
 
     def _search(self, batch: Dict[str, torch.Tensor], window: int, query_sample: torch.Tensor,
@@ -227,4 +235,4 @@ class Predictor:
         key_tokens.index_copy_(1, columns, context.index_select(1, torch.from_numpy(inside).to(self.device)).long())
         ids, dist = self.retriever.search(window, observed, key_tokens, query_sample)     # on the device
         start, end = (int(x) for x in self.windows[window])
-        return Retrieved(ids, dist, self.reference.by_haplotype[:, start:end])
+        return Retrieved(ids, dist, self.reference.haplotype_window(start, end))

@@ -12,8 +12,9 @@ step alone, so a resumed run continues it exactly); the copying rates learn
 at a tenth of it. Observed sites are the array's
 (``--array``: array-aware training) or array-like patterns drawn per batch.
 After each epoch a fixed sample of validation windows (up to
-``VALIDATION_WINDOWS``, evenly spaced) is scored for every validation sample
-on its hidden sites (loss, the seed's ALT-F1 rare / common, dosage r2) and
+``VALIDATION_WINDOWS``, evenly spaced) is scored for a fixed sample of the
+validation samples (up to ``VALIDATION_SAMPLES``) on their hidden sites
+(loss, the seed's ALT-F1 rare / common, dosage r2) and
 ``checkpoint.pt`` and ``metrics.json`` are written to the output directory
 (atomically), which is made once the inputs are read and the settings checked
 against the panel (run_checks.py). A step whose loss or gradient is NaN or Inf
@@ -56,6 +57,7 @@ from .windows import make_windows
 
 VALIDATION_SEED_OFFSET = 7919   # validation patterns: fixed, different from training's
 VALIDATION_WINDOWS = 16         # windows scored per validation (evenly spaced): cost follows the budget
+VALIDATION_SAMPLES = 100        # validation samples scored (evenly spaced in panel order): cost follows the budget
 
 
 class TrainData:
@@ -213,14 +215,17 @@ class Trainer:
 
         Up to VALIDATION_WINDOWS windows, evenly spaced, each under one fixed
         pattern (the array's, or array-like without sporadic missing), the same
-        at every epoch; the validation samples in batches of 2 x batch_size.
+        at every epoch; up to VALIDATION_SAMPLES of the validation samples, evenly
+        spaced in the panel's order (a file sorted by population gives each its
+        share), in batches of 2 x batch_size.
         """
         data, train = self.data, self.config.train
+        picked = np.unique(np.linspace(0, len(data.val) - 1, min(len(data.val), VALIDATION_SAMPLES)).round().astype(int))
         mask = MaskConfig(ratio_range=train.mask.ratio_range, jitter=train.mask.jitter, sporadic_missing=0.0)
         chosen = np.unique(np.linspace(0, len(data.windows) - 1, VALIDATION_WINDOWS).round().astype(int))
-        batches = SpanBatches(data.val_haplotypes_T, data.windows[chosen], self.context_sites,
-                              2 * train.batch_size, mask, train.seed + VALIDATION_SEED_OFFSET,
-                              panel_sample=data.val, observed_sites=data.array, shuffle=False)
+        batches = SpanBatches(data.val_haplotypes_T[haplotype_columns(picked)], data.windows[chosen],
+                              self.context_sites, 2 * train.batch_size, mask, train.seed + VALIDATION_SEED_OFFSET,
+                              panel_sample=data.val[picked], observed_sites=data.array, shuffle=False)
         self.model.eval()
         losses, pieces = [], []
         for batch in progress(loader(batches, train.workers), total=len(batches), desc="validation", leave=False):

@@ -97,7 +97,7 @@ def training_setup(device, copying, retriever_k=None):
     predictor = Predictor(model, RunConfig(retrieval=RetrievalConfig(k=K)), window_sites, reference,
                           windows, retriever=retriever)
     retrieved = Retrieved(torch.randint(-1, H, (2 * B, K), generator=gen).to(device),
-                          torch.rand(2 * B, K, generator=gen).to(device), reference.by_haplotype[:, 10:10 + L])
+                          torch.rand(2 * B, K, generator=gen).to(device), reference.haplotype_window(10, 10 + L))
     return predictor, batch, model, tokens.to(device), window_sites.window(10, 10 + L), retrieved
 
 

@@ -175,3 +175,26 @@ def test_fast_bf16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert precision.read_fast_bf16(str(cpuinfo)) == expected
+
+
+def test_validation_scores_a_fixed_sample_of_the_validation_samples(cohort, tmp_path, monkeypatch):
+    """At most VALIDATION_SAMPLES of them, evenly spaced in panel order (first and last kept),
+    the same at every call: validation cost follows the budget, not the panel's size."""
+    monkeypatch.setattr(training, "VALIDATION_SAMPLES", 3)
+    config = train.run_config(train.parse_options(["--panel", cohort["panel"], "--out", str(tmp_path),
+                                                   *TINY_TRAINING]))
+    trainer = training.Trainer(config, str(tmp_path))
+    trainer.refresh("initial encoder")
+    val = trainer.data.val
+    assert len(val) > 3
+    seen = []
+    span_logits = trainer.predictor.span_logits
+
+    def spy(batch, windows):
+        seen.append(batch["sample"].tolist())
+        return span_logits(batch, windows)
+    monkeypatch.setattr(trainer.predictor, "span_logits", spy)
+    trainer.validate()
+    scored = {sample for batch in seen for sample in batch}
+    middle = int(val[round((len(val) - 1) / 2)])
+    assert scored == {int(val[0]), middle, int(val[-1])}
