@@ -70,9 +70,10 @@ class PanelSites:
 
 
 class ReferencePanel:
-    """The retrieval panel's haplotypes on the model's device, stored once, site
-    by site (one byte per allele), with the haplotype-major slices the ops read
-    made from it per window; and the genetic position of every site.
+    """The retrieval panel's haplotypes on the model's device, stored once,
+    haplotype-major (one byte per allele): a window's [H, L] alleles are a view
+    of it, and the [M, H] site-major alleles the copying posterior reads are
+    gathered from it once per batch; and the genetic position of every site.
 
     haplotypes: uint8 [S, H] (rows 2s, 2s + 1 of the haplotype axis are sample s);
     cm: float64 [S]; present: bool [H] the rows that hold a haplotype (a haploid
@@ -81,7 +82,7 @@ class ReferencePanel:
 
     def __init__(self, haplotypes: np.ndarray, cm: np.ndarray, device: torch.device,
                  present: Optional[np.ndarray] = None):
-        self.by_site = torch.from_numpy(np.array(haplotypes, order="C")).to(device)         # [S, H]
+        self.by_haplotype = torch.from_numpy(np.array(haplotypes.T, order="C")).to(device)  # [H, S]
         self.cm = np.asarray(cm, dtype=np.float64)
         self.n_haplotypes = int(haplotypes.shape[1])
         present = np.ones(self.n_haplotypes, dtype=bool) if present is None else np.asarray(present, dtype=bool)
@@ -89,18 +90,22 @@ class ReferencePanel:
         self.n_present = int(present.sum())
 
     def haplotype_window(self, start: int, end: int) -> torch.Tensor:
-        """uint8 [H, L]: every haplotype's alleles at sites start..end-1 (contiguous)."""
-        return self.by_site[start:end].T.contiguous()
+        """uint8 [H, L]: every haplotype's alleles at sites start..end-1 (a view)."""
+        return self.by_haplotype[:, start:end]
 
     def haplotype_sites(self, sites: torch.Tensor) -> torch.Tensor:
         """uint8 [H, n]: every haplotype's alleles at the sites int64 [n]."""
-        return self.by_site.index_select(0, sites).T
+        return self.by_haplotype.index_select(1, sites)
+
+    def site_alleles(self, sites: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, H] (contiguous): the alleles of every haplotype at each of the sites int64 [n]."""
+        return self.haplotype_sites(sites).T.contiguous()
 
     def templates(self, query_sample: torch.Tensor) -> torch.Tensor:
         """int64 [N, H]: every reference haplotype (rows in order), -1 for a
         query's own sample's two (query_sample int64 [N], -1 = not in the panel)
         and for absent rows."""
-        rows = torch.arange(self.n_haplotypes, device=self.by_site.device)
+        rows = torch.arange(self.n_haplotypes, device=self.by_haplotype.device)
         excluded = ((rows[None, :] // 2) == query_sample.to(rows.device)[:, None]) | ~self.present[None, :]
         return torch.where(excluded, torch.full_like(rows, -1), rows[None, :].expand_as(excluded))
 
@@ -201,7 +206,7 @@ class Predictor:
         sites = batch["context_sites"].to(self.device)
         query = batch["context_tokens"].reshape(len(query_sample), -1).to(self.device, torch.uint8)  # [N, M]
         templates = self.reference.templates(query_sample)                            # [N, H]
-        ref_sites = self.reference.by_site.index_select(0, sites)                      # [M, H]
+        ref_sites = self.reference.site_alleles(sites)                                  # [M, H]
         wanted = self.config.copying.templates
         if 0 < wanted < self.reference.n_haplotypes:
             if self.keys is not None:

@@ -199,7 +199,7 @@ class Retriever:
             sites = np.flatnonzero(observed)
             rows = torch.from_numpy(np.sort(rng.choice(indexed, min(n_queries, len(indexed)), replace=False)))
             rows = rows.to(self.device)
-            tokens = self.ref_tokens.index_select(0, rows)[:, start + torch.from_numpy(sites).to(self.device)]
+            tokens = self.ref_tokens.index_select(1, start + torch.from_numpy(sites).to(self.device)).index_select(0, rows)
             queries = self.query_keys(int(window), sites, tokens)
             found = self._search(self._index(int(window), observed, sites), queries, rows // 2)[0]
             refs = self.reference_keys(int(window), sites)
@@ -226,7 +226,7 @@ class Retriever:
         """float32 [R, n * D] on the device: every indexed reference haplotype's (``rows``)
         encoding at ``sites`` (key-range offsets)."""
         at = torch.from_numpy(sites).to(self.device)
-        tokens = self.ref_tokens.index_select(0, self.rows).index_select(1, self.key_ranges[window, 0] + at)  # [R, n]
+        tokens = self.ref_tokens.index_select(1, self.key_ranges[window, 0] + at).index_select(0, self.rows)  # [R, n]
         if self.keys is not None:
             return self.keys.reference(window, self.encodings[window], sites, tokens)
         keys = self.encodings[window][tokens.long(), at] * self.scales[window][at, None]     # [R, n, D]

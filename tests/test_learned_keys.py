@@ -223,7 +223,7 @@ def test_predictor_references_are_what_the_model_draws_on(cohort, tmp_path, plac
     else:
         reference = trainer.data.reference
         query = batch["context_tokens"].reshape(2 * B, -1).to(torch.uint8)
-        expected = select_templates(query, reference.by_site.index_select(0, batch["context_sites"]),
+        expected = select_templates(query, reference.site_alleles(batch["context_sites"]),
                                     reference.templates(torch.from_numpy(query_sample)), 12)
         np.testing.assert_array_equal(ids, expected.numpy())
         assert not (ids // 2 == query_sample[:, None]).any()
