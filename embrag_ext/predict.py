@@ -82,7 +82,8 @@ class ReferencePanel:
 
     def __init__(self, haplotypes: np.ndarray, cm: np.ndarray, device: torch.device,
                  present: Optional[np.ndarray] = None):
-        self.by_haplotype = torch.from_numpy(np.array(haplotypes.T, order="C")).to(device)  # [H, S]
+        # [H, S]; shares memory with ``haplotypes`` on the CPU when it is a transposed [H, S] array
+        self.by_haplotype = torch.from_numpy(np.ascontiguousarray(haplotypes.T)).to(device)
         self.cm = np.asarray(cm, dtype=np.float64)
         self.n_haplotypes = int(haplotypes.shape[1])
         present = np.ones(self.n_haplotypes, dtype=bool) if present is None else np.asarray(present, dtype=bool)

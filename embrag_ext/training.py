@@ -74,7 +74,7 @@ class TrainData:
         self.train_haplotypes_T = np.ascontiguousarray(self.ref_tokens_T[haplotype_columns(self.train)])
         self.val_haplotypes_T = np.ascontiguousarray(self.ref_tokens_T[haplotype_columns(self.val)])
         cm = genetic_positions(self.panel.chrom, self.panel.positions, data.genetic_map)
-        self.reference = ReferencePanel(self.panel.haplotypes, cm, device, self.ref_present)
+        self.reference = ReferencePanel(self.ref_tokens_T.T, cm, device, self.ref_present)   # no second copy
         self.sites = PanelSites(self.panel.af, self.panel.variant_type, device)
 
     def describe(self) -> str:

@@ -198,3 +198,15 @@ def test_validation_scores_a_fixed_sample_of_the_validation_samples(cohort, tmp_
     scored = {sample for batch in seen for sample in batch}
     middle = int(val[round((len(val) - 1) / 2)])
     assert scored == {int(val[0]), middle, int(val[-1])}
+
+
+def test_the_reference_panel_shares_the_training_tokens_on_the_cpu(cohort, tmp_path):
+    """One copy of the panel's [H, S] alleles serves the reference panel and the retriever."""
+    config = train.run_config(train.parse_options(["--panel", cohort["panel"], "--out", str(tmp_path),
+                                                   *TINY_TRAINING, "--copying", "off"]))
+    trainer = training.Trainer(config, str(tmp_path))
+    data = trainer.data
+    trainer_tokens = data.ref_tokens_T                                              # [H, S]
+    assert np.shares_memory(data.reference.by_haplotype.numpy(), trainer_tokens)
+    assert np.shares_memory(trainer.retriever.ref_tokens.numpy(), trainer_tokens)
+    np.testing.assert_array_equal(data.reference.by_haplotype.numpy(), data.panel.haplotypes.T)
